@@ -1,1 +1,32 @@
-//! api
+//! The Kubernetes object model, without I/O.
+//!
+//! Objects travel as JSON values (`serde_json::Value`); their shape is the one of the
+//! `k8s-openapi` types, which this crate uses to check and describe them. What lives here:
+//!
+//! - [`registry`]: every served resource (group, version, kind, plural, scope, short names,
+//!   verbs, subresources) in one table, each with its [`strategy`].
+//! - [`strategy`]: per-resource policy: defaulting, validation, what a create and an update may
+//!   change.
+//! - [`selector`]: label and field selectors.
+//! - [`patch`] and [`patch_meta`]: strategic merge patch, with the merge keys of the types.
+//! - [`managed_fields`]: field ownership for server-side apply.
+//! - [`table`]: server-side printing (the columns of `kubectl get`).
+//! - [`openapi`] and [`schema`]: OpenAPI documents from the types' schemas, and strict checking of
+//!   objects against them.
+//! - [`meta`]: reading and writing object metadata on JSON values.
+//! - [`validation`]: field errors and the name rules.
+
+pub mod defaults;
+pub mod managed_fields;
+pub mod meta;
+pub mod openapi;
+pub mod patch;
+pub mod patch_meta;
+pub mod registry;
+pub mod schema;
+pub mod selector;
+pub mod strategy;
+pub mod table;
+pub mod validation;
+
+pub use registry::{ResourceType, registry};

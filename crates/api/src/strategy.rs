@@ -1,0 +1,485 @@
+//! Per-resource policy, as upstream's `strategy.go` files hold it: what a create sets, what an
+//! update keeps, what is valid and what is immutable. Stateless functions keyed by the resource;
+//! the generic store in `apiserver` calls them in upstream's order (default, prepare, validate).
+
+use serde_json::{Value, json};
+
+use crate::meta;
+use crate::registry::ResourceType;
+use crate::selector::LabelSelector;
+use crate::validation::{self, ErrorList, FieldError};
+
+/// Whether writes to the object itself ignore `status` (the resource has a status subresource).
+pub fn has_status_subresource(rt: &ResourceType) -> bool {
+    rt.has_subresource("status")
+}
+
+/// The parts of an object that count as its spec: everything but metadata and status.
+fn spec_of(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// Prepares a new object: resets status where a status subresource owns it, and starts
+/// generation at 1.
+pub fn prepare_for_create(rt: &ResourceType, obj: &mut Value) {
+    if has_status_subresource(rt) {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+        match rt.kind {
+            "Pod" => obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)}),
+            "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            _ => {}
+        }
+    }
+    meta::set_meta(obj, "generation", json!(1));
+}
+
+/// Prepares an update of the object (not of its status): keeps the stored status where a status
+/// subresource owns it, and bumps generation when the spec changed.
+pub fn prepare_for_update(rt: &ResourceType, old: &Value, new: &mut Value) {
+    if has_status_subresource(rt) {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    let generation = old
+        .get("metadata")
+        .and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let bump = spec_of(old) != spec_of(new);
+    meta::set_meta(
+        new,
+        "generation",
+        json!(if bump { generation + 1 } else { generation }),
+    );
+}
+
+/// Prepares an update through the status subresource: only status changes.
+pub fn prepare_for_status_update(old: &Value, new: &mut Value) {
+    let status = new.get("status").cloned();
+    let mut merged = old.clone();
+    match status {
+        Some(s) => merged["status"] = s,
+        None => {
+            if let Some(m) = merged.as_object_mut() {
+                m.remove("status");
+            }
+        }
+    }
+    // metadata written through status is ignored, except what the server tracks
+    if let Some(rv) = new
+        .get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .cloned()
+    {
+        meta::set_meta(&mut merged, "resourceVersion", rv);
+    }
+    *new = merged;
+}
+
+/// The QoS class upstream computes from the containers' requests and limits.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod.get("spec")?.get(*k)?.as_array())
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let res = c.get("resources");
+        let limits = res.and_then(|r| r.get("limits")).and_then(Value::as_object);
+        let requests = res
+            .and_then(|r| r.get("requests"))
+            .and_then(Value::as_object);
+        for name in ["cpu", "memory"] {
+            let l = limits.and_then(|l| l.get(name));
+            let r = requests.and_then(|r| r.get(name));
+            if l.is_some() || r.is_some() {
+                any = true;
+            }
+            if l.is_none() || r.is_some_and(|r| Some(r) != l) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// Validates a new or updated object.
+pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
+    let mut errs = ErrorList::new();
+    let name = meta::name(obj);
+    if name.is_empty() {
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
+    } else {
+        let label_named = matches!(rt.kind, "Namespace" | "Service");
+        let why = if label_named {
+            validation::dns1123_label(name)
+        } else if rt.kind == "Role"
+            || rt.kind == "ClusterRole"
+            || rt.kind == "RoleBinding"
+            || rt.kind == "ClusterRoleBinding"
+        {
+            // RBAC names are path segments: anything but "." "..", and no "/" or "%"
+            (name == "." || name == ".." || name.contains(['/', '%']))
+                .then(|| "may not contain '/' or '%'".to_string())
+        } else {
+            validation::dns1123_subdomain(name)
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::invalid("metadata.name", Value::from(name), why));
+        }
+    }
+    validation::labels_and_annotations(obj, &mut errs);
+    match (rt.group, rt.kind) {
+        ("", "Pod") => pod_spec(obj.get("spec"), "spec", &mut errs),
+        ("", "ConfigMap") | ("", "Secret") => data_keys(obj, &mut errs),
+        ("", "Service") => service(obj, &mut errs),
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") | ("batch", "Job") => {
+            workload(obj, rt.kind == "Job", &mut errs)
+        }
+        ("", "ReplicationController") => pod_spec(
+            obj.get("spec")
+                .and_then(|s| s.get("template"))
+                .and_then(|t| t.get("spec")),
+            "spec.template.spec",
+            &mut errs,
+        ),
+        ("batch", "CronJob") => {
+            let schedule = obj
+                .get("spec")
+                .and_then(|s| s.get("schedule"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if schedule.is_empty() {
+                errs.push(FieldError::required("spec.schedule", ""));
+            }
+            let tmpl = obj
+                .get("spec")
+                .and_then(|s| s.get("jobTemplate"))
+                .and_then(|t| t.get("spec"))
+                .and_then(|s| s.get("template"))
+                .and_then(|t| t.get("spec"));
+            pod_spec(tmpl, "spec.jobTemplate.spec.template.spec", &mut errs);
+        }
+        _ => {}
+    }
+    errs
+}
+
+/// Validates what an update may not change.
+pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> ErrorList {
+    let mut errs = ErrorList::new();
+    let immutable = |errs: &mut ErrorList, path: &str| {
+        let get = |o: &Value| meta::lookup(o, path).cloned();
+        if get(old) != get(new) {
+            errs.push(FieldError::invalid(
+                path,
+                get(new).unwrap_or(Value::Null),
+                "field is immutable",
+            ));
+        }
+    };
+    match (rt.group, rt.kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
+            immutable(&mut errs, "spec.selector")
+        }
+        ("", "ConfigMap" | "Secret") if old.get("immutable") == Some(&Value::Bool(true)) => {
+            if old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData")
+            {
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+            if new.get("immutable") != Some(&Value::Bool(true)) {
+                errs.push(FieldError::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        ("", "Secret") => immutable(&mut errs, "type"),
+        ("", "Service") => {
+            if old.get("spec").and_then(|s| s.get("clusterIP")).is_some() {
+                immutable(&mut errs, "spec.clusterIP");
+            }
+        }
+        ("", "Pod") => {
+            // only images, activeDeadlineSeconds, tolerations (additions) and
+            // terminationGracePeriodSeconds may change; compare the rest
+            let strip = |o: &Value| {
+                let mut s = o.get("spec").cloned().unwrap_or(Value::Null);
+                for key in ["containers", "initContainers"] {
+                    if let Some(Value::Array(cs)) = s.get_mut(key) {
+                        for c in cs {
+                            if let Some(m) = c.as_object_mut() {
+                                m.remove("image");
+                            }
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    for key in [
+                        "activeDeadlineSeconds",
+                        "tolerations",
+                        "terminationGracePeriodSeconds",
+                        "nodeName",
+                    ] {
+                        m.remove(key);
+                    }
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                errs.push(FieldError::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+fn data_keys(obj: &Value, errs: &mut ErrorList) {
+    let mut total = 0usize;
+    for field in ["data", "binaryData", "stringData"] {
+        for (k, v) in obj
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            let ok = !k.is_empty()
+                && k.len() <= 253
+                && k.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+            if !ok {
+                errs.push(FieldError::invalid(format!("{field}[{k}]"), Value::from(k.as_str()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            }
+        }
+    }
+    if total > 1024 * 1024 {
+        errs.push(FieldError::forbidden(
+            "data",
+            "Too long: may not be more than 1048576 bytes",
+        ));
+    }
+}
+
+fn service(obj: &Value, errs: &mut ErrorList) {
+    let spec = obj.get("spec");
+    let kind = spec
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let headless = spec
+        .and_then(|s| s.get("clusterIP"))
+        .and_then(Value::as_str)
+        == Some("None");
+    let ports = spec.and_then(|s| s.get("ports")).and_then(Value::as_array);
+    if kind != "ExternalName" && !headless && ports.is_none_or(Vec::is_empty) {
+        errs.push(FieldError::required("spec.ports", ""));
+    }
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&kind) {
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            Value::from(kind),
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
+    }
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            errs.push(FieldError::invalid(
+                format!("spec.ports[{i}].port"),
+                Value::from(port),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+    }
+}
+
+fn workload(obj: &Value, job: bool, errs: &mut ErrorList) {
+    let spec = obj.get("spec");
+    let template = spec.and_then(|s| s.get("template"));
+    let selector = spec.and_then(|s| s.get("selector"));
+    match selector {
+        None if !job => errs.push(FieldError::required("spec.selector", "")),
+        Some(sel) => match LabelSelector::from_json(sel) {
+            Ok(s) if s.is_empty() && !job => errs.push(FieldError::invalid(
+                "spec.selector",
+                sel.clone(),
+                "empty selector is invalid for deployment",
+            )),
+            Ok(s) => {
+                let t = template.cloned().unwrap_or(Value::Null);
+                if !s.is_empty() && !s.matches(&t) {
+                    let labels = t
+                        .get("metadata")
+                        .and_then(|m| m.get("labels"))
+                        .cloned()
+                        .unwrap_or(json!({}));
+                    errs.push(FieldError::invalid(
+                        "spec.template.metadata.labels",
+                        labels,
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            Err(e) => errs.push(FieldError::invalid(
+                "spec.selector",
+                sel.clone(),
+                e.to_string(),
+            )),
+        },
+        None => {}
+    }
+    pod_spec(
+        template.and_then(|t| t.get("spec")),
+        "spec.template.spec",
+        errs,
+    );
+}
+
+fn pod_spec(spec: Option<&Value>, path: &str, errs: &mut ErrorList) {
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array);
+    let Some(containers) = containers.filter(|c| !c.is_empty()) else {
+        errs.push(FieldError::required(format!("{path}.containers"), ""));
+        return;
+    };
+    let mut seen = Vec::new();
+    let inits = spec
+        .and_then(|s| s.get("initContainers"))
+        .and_then(Value::as_array);
+    let lists = [("containers", Some(containers)), ("initContainers", inits)];
+    for (list, items) in lists {
+        for (i, c) in items.into_iter().flatten().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            match c.get("name").and_then(Value::as_str) {
+                None | Some("") => errs.push(FieldError::required(format!("{at}.name"), "")),
+                Some(n) => {
+                    if let Some(why) = validation::dns1123_label(n) {
+                        errs.push(FieldError::invalid(
+                            format!("{at}.name"),
+                            Value::from(n),
+                            why,
+                        ));
+                    }
+                    if seen.contains(&n) {
+                        errs.push(FieldError::duplicate(format!("{at}.name"), Value::from(n)));
+                    }
+                    seen.push(n);
+                }
+            }
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                errs.push(FieldError::required(format!("{at}.image"), ""));
+            }
+        }
+    }
+    if let Some(policy) = spec
+        .and_then(|s| s.get("restartPolicy"))
+        .and_then(Value::as_str)
+        && !["Always", "OnFailure", "Never"].contains(&policy)
+    {
+        errs.push(FieldError::not_supported(
+            format!("{path}.restartPolicy"),
+            Value::from(policy),
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry;
+
+    #[test]
+    fn pod_without_image_names_the_field() {
+        let rt = registry().by_kind("v1", "Pod").expect("pod");
+        let errs = validate(
+            rt,
+            &json!({"metadata": {"name": "bad"}, "spec": {"containers": [{"name": "c"}]}}),
+        );
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.containers[0].image: Required value"
+        );
+    }
+
+    #[test]
+    fn generation_counts_spec_changes_only() {
+        let rt = registry()
+            .by_kind("apps/v1", "Deployment")
+            .expect("deployment");
+        let old = json!({"metadata": {"name": "d", "generation": 1}, "spec": {"replicas": 1}});
+        let mut labels_only = old.clone();
+        labels_only["metadata"]["labels"] = json!({"a": "b"});
+        prepare_for_update(rt, &old, &mut labels_only);
+        assert_eq!(labels_only["metadata"]["generation"], 1);
+        let mut scaled = old.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        prepare_for_update(rt, &old, &mut scaled);
+        assert_eq!(scaled["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn qos() {
+        let pod = |res: Value| json!({"spec": {"containers": [{"name": "c", "resources": res}]}});
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(
+                json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}})
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"cpu": "1"}}))),
+            "Burstable"
+        );
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let rt = registry()
+            .by_kind("apps/v1", "Deployment")
+            .expect("deployment");
+        let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let errs = validate(rt, &d);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("`selector` does not match template `labels`")
+        );
+    }
+}
