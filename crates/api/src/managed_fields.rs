@@ -214,6 +214,293 @@ pub fn record(
     meta.insert("managedFields".into(), Value::Array(entries));
 }
 
+/// The fields of a server-side apply that other managers own with other values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflicts(pub Vec<Conflict>);
+
+/// One conflicting field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The manager that owns the field.
+    pub manager: String,
+    /// The API version it wrote with.
+    pub api_version: String,
+    /// The field, as upstream prints it (`.data.mode`).
+    pub field: String,
+}
+
+impl std::fmt::Display for Conflicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        if n == 1 {
+            let c = &self.0[0];
+            return write!(
+                f,
+                "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
+                c.manager, c.api_version, c.field
+            );
+        }
+        write!(f, "Apply failed with {n} conflicts:")?;
+        for c in &self.0 {
+            write!(
+                f,
+                " conflict with \"{}\" using {}: {};",
+                c.manager, c.api_version, c.field
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Conflicts {
+    /// The Status causes, one per field.
+    pub fn causes(&self) -> Vec<Value> {
+        self.0
+            .iter()
+            .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": c.field}))
+            .collect()
+    }
+}
+
+/// The leaf paths of a field set.
+fn leaves(set: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    let children: Vec<(&String, &Value)> = set
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != ".")
+        .collect();
+    if children.is_empty() {
+        if !prefix.is_empty() {
+            out.push(prefix.clone());
+        }
+        return;
+    }
+    for (k, v) in children {
+        prefix.push(k.clone());
+        leaves(v, prefix, out);
+        prefix.pop();
+    }
+}
+
+fn contains_path(set: &Value, path: &[String]) -> bool {
+    match path.split_first() {
+        None => true,
+        Some((first, rest)) => set.get(first).is_some_and(|s| contains_path(s, rest)),
+    }
+}
+
+fn item_matches(item: &Value, key: &str) -> bool {
+    match serde_json::from_str::<Value>(key) {
+        Ok(Value::Object(k)) => k.iter().all(|(f, v)| item.get(f) == Some(v)),
+        _ => false,
+    }
+}
+
+/// The value at a field-set path in an object.
+fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(obj);
+    };
+    let next = if let Some(f) = first.strip_prefix("f:") {
+        obj.get(f)?
+    } else if let Some(k) = first.strip_prefix("k:") {
+        obj.as_array()?.iter().find(|i| item_matches(i, k))?
+    } else if let Some(v) = first.strip_prefix("v:") {
+        let want: Value = serde_json::from_str(v).ok()?;
+        obj.as_array()?.iter().find(|i| **i == want)?
+    } else {
+        return None;
+    };
+    value_at(next, rest)
+}
+
+/// Removes the value at a field-set path from an object.
+fn remove_at(obj: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        if let Some(f) = first.strip_prefix("f:") {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove(f);
+            }
+        } else if let Some(Value::Array(items)) = Some(obj) {
+            if let Some(k) = first.strip_prefix("k:") {
+                items.retain(|i| !item_matches(i, k));
+            } else if let Some(v) = first.strip_prefix("v:")
+                && let Ok(want) = serde_json::from_str::<Value>(v)
+            {
+                items.retain(|i| *i != want);
+            }
+        }
+        return;
+    }
+    let next = if let Some(f) = first.strip_prefix("f:") {
+        obj.get_mut(f)
+    } else if let Some(k) = first.strip_prefix("k:") {
+        obj.as_array_mut()
+            .and_then(|a| a.iter_mut().find(|i| item_matches(i, k)))
+    } else {
+        None
+    };
+    if let Some(n) = next {
+        remove_at(n, rest);
+    }
+}
+
+fn display_path(path: &[String]) -> String {
+    let mut out = String::new();
+    for p in path {
+        if let Some(f) = p.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(f);
+        } else if let Some(k) = p.strip_prefix("k:") {
+            let pairs: Vec<String> = match serde_json::from_str::<Value>(k) {
+                Ok(Value::Object(m)) => m.iter().map(|(a, b)| format!("{a}={b}")).collect(),
+                _ => vec![k.to_string()],
+            };
+            out.push_str(&format!("[{}]", pairs.join(",")));
+        } else if let Some(v) = p.strip_prefix("v:") {
+            out.push_str(&format!("[={v}]"));
+        }
+    }
+    out
+}
+
+/// Removes from `obj` what `old` (the manager's previous apply) set and `new` no longer does,
+/// unless another manager owns it.
+fn prune(obj: &mut Value, old: &Value, new: &Value, others: &[&Value], path: &mut Vec<String>) {
+    for (k, sub) in old.as_object().into_iter().flatten() {
+        if k == "." {
+            continue;
+        }
+        path.push(k.clone());
+        match new.get(k) {
+            Some(n) => prune(obj, sub, n, others, path),
+            None => {
+                if !others.iter().any(|o| contains_path(o, path)) {
+                    remove_at(obj, path);
+                }
+            }
+        }
+        path.pop();
+    }
+}
+
+/// Removes `paths` from a field set.
+fn subtract(set: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(m) = set.as_object_mut() else { return };
+    if rest.is_empty() {
+        m.remove(first);
+        return;
+    }
+    if let Some(child) = m.get_mut(first) {
+        subtract(child, rest);
+        if child
+            .as_object()
+            .is_some_and(|c| c.keys().all(|k| k == "."))
+        {
+            m.remove(first);
+        }
+    }
+}
+
+/// Server-side apply of `config` by `manager` to `live`: the merged object, with managedFields
+/// updated, or the conflicts with other managers (ignored, and taken over, when `force`).
+pub fn apply(
+    live: &Value,
+    config: &Value,
+    manager: &str,
+    force: bool,
+    type_name: &str,
+    api_version: &str,
+) -> Result<Value, Conflicts> {
+    let new_set = fields_of(config, type_name);
+    let entries: Vec<Value> = live
+        .get("metadata")
+        .and_then(|m| m.get("managedFields"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let is_mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply")
+    };
+    let old_set = entries
+        .iter()
+        .find(|e| is_mine(e))
+        .and_then(|e| e.get("fieldsV1"))
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut new_leaves = Vec::new();
+    leaves(&new_set, &mut Vec::new(), &mut new_leaves);
+    let mut conflicts = Vec::new();
+    let mut taken: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if is_mine(e) || e.get("subresource").is_some() {
+            continue;
+        }
+        let Some(set) = e.get("fieldsV1") else {
+            continue;
+        };
+        for leaf in &new_leaves {
+            if contains_path(set, leaf) {
+                if value_at(live, leaf) != value_at(config, leaf) {
+                    conflicts.push(Conflict {
+                        manager: e
+                            .get("manager")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        api_version: e
+                            .get("apiVersion")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                        field: display_path(leaf),
+                    });
+                }
+                taken.push((i, leaf.clone()));
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        return Err(Conflicts(conflicts));
+    }
+    let mut body = config.clone();
+    if let Some(m) = body.as_object_mut() {
+        m.remove("status");
+    }
+    let mut merged =
+        crate::patch::strategic_merge(live, &body, type_name).unwrap_or_else(|_| live.clone());
+    let others: Vec<&Value> = entries
+        .iter()
+        .filter(|e| !is_mine(e))
+        .filter_map(|e| e.get("fieldsV1"))
+        .collect();
+    prune(&mut merged, &old_set, &new_set, &others, &mut Vec::new());
+    // a forced apply takes the conflicting fields over; a field set to the same value is shared
+    let mut entries = entries;
+    if force {
+        for (i, leaf) in taken {
+            if let Some(set) = entries[i].get_mut("fieldsV1") {
+                subtract(set, &leaf);
+            }
+        }
+        entries.retain(|e| {
+            e.get("fieldsV1")
+                .is_none_or(|s| s.as_object().is_none_or(|m| !m.is_empty()))
+        });
+    }
+    crate::meta::set_meta(&mut merged, "managedFields", Value::Array(entries));
+    record(&mut merged, manager, "Apply", api_version, new_set, None);
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +518,44 @@ mod tests {
             fields_of(&pod, "io.k8s.api.core.v1.Pod"),
             json!({"f:spec": {".": {}, "f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
         );
+    }
+
+    #[test]
+    fn apply_conflicts_prunes_and_forces() {
+        let cm = "io.k8s.api.core.v1.ConfigMap";
+        let live = json!({"metadata": {"name": "x", "managedFields": [
+            {"manager": "other", "operation": "Update", "apiVersion": "v1", "fieldsV1": {"f:data": {"f:a": {}}}}]},
+            "data": {"a": "1"}});
+        let cfg = json!({"metadata": {"name": "x"}, "data": {"a": "2", "b": "3"}});
+        let err = apply(&live, &cfg, "me", false, cm, "v1").expect_err("conflict");
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"other\" using v1: .data.a"
+        );
+        let forced = apply(&live, &cfg, "me", true, cm, "v1").expect("forced");
+        assert_eq!(forced["data"], json!({"a": "2", "b": "3"}));
+        let managers: Vec<&str> = forced["metadata"]["managedFields"]
+            .as_array()
+            .expect("mf")
+            .iter()
+            .filter_map(|e| e["manager"].as_str())
+            .collect();
+        assert_eq!(
+            managers,
+            vec!["me"],
+            "the other manager lost its only field"
+        );
+        // applying again without b removes b, which only "me" owned
+        let again = apply(
+            &forced,
+            &json!({"metadata": {"name": "x"}, "data": {"a": "2"}}),
+            "me",
+            false,
+            cm,
+            "v1",
+        )
+        .expect("apply");
+        assert_eq!(again["data"], json!({"a": "2"}));
     }
 
     #[test]

@@ -137,9 +137,10 @@ impl ResourceType {
         format!("/registry/{group}/{}/", self.plural)
     }
 
-    /// The store key prefix of the objects in one namespace (ends with `/`).
+    /// The store key prefix of the objects in one namespace (ends with `/`); all objects when
+    /// `namespace` is empty.
     pub fn namespace_prefix(&self, namespace: &str) -> String {
-        if self.namespaced {
+        if self.namespaced && !namespace.is_empty() {
             format!("{}{namespace}/", self.key_prefix())
         } else {
             self.key_prefix()

@@ -1,1 +1,69 @@
-//! apiserver
+//! The Kubernetes API server: HTTPS with client-certificate authentication, discovery, OpenAPI,
+//! and the generic REST handlers over the revisioned store.
+//!
+//! A request flows: TLS accept (the client certificate names the user) -> [`serve`] (health,
+//! discovery and OpenAPI paths, or else authentication is required) -> [`rest`] (verb dispatch,
+//! strategy, [`admission`], validation) -> [`storage`] -> the `store` backend. Only this crate
+//! knows HTTP.
+
+pub mod admission;
+pub mod authn;
+pub mod codec;
+pub mod discovery;
+pub mod pki;
+pub mod protobuf;
+pub mod request;
+pub mod rest;
+pub mod status;
+pub mod storage;
+
+mod bootstrap;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+pub use serve::Running;
+
+/// How to run the API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store, the CA and the kubeconfig live.
+    pub data_dir: PathBuf,
+    /// Address to listen on (HTTPS).
+    pub bind: SocketAddr,
+    /// Extra names and addresses for the serving certificate.
+    pub extra_sans: Vec<String>,
+}
+
+/// What every request handler shares.
+pub struct State {
+    /// The objects.
+    pub storage: storage::Storage,
+    /// The URL clients reach the server at.
+    pub server_url: String,
+}
+
+/// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates
+/// the default namespaces, and starts serving.
+pub async fn start(config: Config) -> Result<Running> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let db_path = config.data_dir.join("state.redb");
+    let backend = store::embedded::Embedded::open(&db_path).with_context(|| {
+        format!(
+            "cannot open the store at {} (is another bosun server using this data dir?)",
+            db_path.display()
+        )
+    })?;
+    let storage = storage::Storage {
+        backend: Arc::new(backend),
+    };
+    bootstrap::system_namespaces(&storage).await?;
+    serve::serve(config, storage).await
+}

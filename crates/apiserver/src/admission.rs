@@ -1,0 +1,66 @@
+//! Admission: the checks and changes between decoding and storing that depend on other objects.
+//! Today: NamespaceLifecycle (no new content in missing or terminating namespaces; the default
+//! namespaces cannot be deleted) and ServiceAccount (pods run as `default` unless told).
+
+use serde_json::{Value, json};
+
+use api::{ResourceType, meta, registry};
+
+use crate::State;
+use crate::status::{ApiError, Result};
+
+/// Namespaces that always exist.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Admits the creation of `obj`, possibly changing it.
+pub async fn admit_create(state: &State, rt: &ResourceType, obj: &mut Value) -> Result<()> {
+    if rt.namespaced {
+        namespace_accepts_content(state, meta::namespace(obj)).await?;
+    }
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        let root = meta::ensure_object(obj);
+        let spec = meta::ensure_object(root.entry("spec").or_insert_with(|| json!({})));
+        let sa = spec
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        spec.insert("serviceAccountName".into(), json!(sa));
+        spec.entry("serviceAccount").or_insert(json!(sa));
+        spec.entry("enableServiceLinks").or_insert(json!(true));
+        spec.entry("priority").or_insert(json!(0));
+        spec.entry("preemptionPolicy")
+            .or_insert(json!("PreemptLowerPriority"));
+    }
+    Ok(())
+}
+
+/// Admits the deletion of an object.
+pub fn admit_delete(rt: &ResourceType, name: &str) -> Result<()> {
+    if rt.group.is_empty() && rt.kind == "Namespace" && SYSTEM_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    Ok(())
+}
+
+async fn namespace_accepts_content(state: &State, ns: &str) -> Result<()> {
+    let nsrt = registry()
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+    let (namespace, _) = state.storage.get(nsrt, "", ns).await?;
+    if meta::is_deleting(&namespace) {
+        return Err(ApiError {
+            details: Some(
+                json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+            ),
+            ..ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ))
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`), `/version`, and the OpenAPI
+//! endpoints, all derived from the registry. Clients that ask for aggregated discovery get the
+//! legacy documents with `application/json`, and fall back to them, as upstream clients do.
+
+use serde_json::{Value, json};
+
+use api::registry::{ALL_VERBS, ResourceType, registry};
+
+/// The Kubernetes version bosun serves.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.0+bosun",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": "linux/amd64",
+    })
+}
+
+/// `/api`.
+pub fn core_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+fn group_entry(group: &str, versions: &[&str]) -> Value {
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": vs, "preferredVersion": vs[0]})
+}
+
+/// `/apis`.
+pub fn groups() -> Value {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (g, v) in registry().group_versions() {
+        if g.is_empty() {
+            continue;
+        }
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((g, vec![v])),
+        }
+    }
+    let list: Vec<Value> = groups.iter().map(|(g, vs)| group_entry(g, vs)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})
+}
+
+/// `/apis/<group>`.
+pub fn group(name: &str) -> Option<Value> {
+    let versions: Vec<&str> = registry()
+        .group_versions()
+        .into_iter()
+        .filter(|(g, _)| *g == name)
+        .map(|(_, v)| v)
+        .collect();
+    if versions.is_empty() {
+        return None;
+    }
+    let mut g = group_entry(name, &versions);
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    Some(g)
+}
+
+fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
+    let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match sub {
+        "status" => (r.kind, "", "", &["get", "patch", "update"]),
+        "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
+        "binding" => ("Binding", "", "", &["create"]),
+        "eviction" => ("Eviction", "policy", "v1", &["create"]),
+        "log" => ("Pod", "", "", &["get"]),
+        "exec" => ("PodExecOptions", "", "", &["create", "get"]),
+        "attach" => ("PodAttachOptions", "", "", &["create", "get"]),
+        "portforward" => ("PodPortForwardOptions", "", "", &["create", "get"]),
+        "proxy" => (
+            if r.kind == "Node" {
+                "NodeProxyOptions"
+            } else {
+                "ServiceProxyOptions"
+            },
+            "",
+            "",
+            &["create", "delete", "get", "patch", "update"],
+        ),
+        "token" => ("TokenRequest", "authentication.k8s.io", "v1", &["create"]),
+        "finalize" => ("Namespace", "", "", &["update"]),
+        _ => (r.kind, "", "", &["get"]),
+    };
+    let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+    if !group.is_empty() {
+        e["group"] = json!(group);
+        e["version"] = json!(version);
+    }
+    e
+}
+
+/// `/api/v1` and `/apis/<group>/<version>`.
+pub fn resources(group: &str, version: &str) -> Option<Value> {
+    let rows: Vec<&ResourceType> = registry()
+        .resources
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut list = Vec::new();
+    for r in rows {
+        let mut e = json!({
+            "name": r.plural,
+            "singularName": r.singular(),
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ALL_VERBS,
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        list.push(e);
+        for sub in r.subresources {
+            list.push(subresource_entry(r, sub));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
+}

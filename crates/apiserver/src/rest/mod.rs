@@ -1,0 +1,154 @@
+//! The generic REST handlers: one set of handlers serves every resource of the registry, calling
+//! the resource's strategy in upstream's order (decode, default, prepare, admit, validate,
+//! store). Each verb lives in its own module.
+
+mod delete;
+mod read;
+mod scale;
+mod watch;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
+
+use api::{ResourceType, meta, registry};
+
+use crate::State;
+use crate::authn::UserInfo;
+use crate::codec;
+use crate::request::{self, RequestInfo};
+use crate::status::{ApiError, Result};
+
+pub use delete::delete_object;
+
+/// Everything a handler knows about one request.
+pub struct Ctx {
+    /// The resource.
+    pub rt: &'static ResourceType,
+    /// The parsed request.
+    pub info: RequestInfo,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Who is asking.
+    pub user: UserInfo,
+}
+
+impl Ctx {
+    /// Whether the request asks for a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    /// The field manager: the query parameter, else the user agent's product name, as upstream.
+    pub fn field_manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.clone();
+        }
+        let ua = self
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        ua.split('/').next().unwrap_or("unknown").to_string()
+    }
+
+    /// The namespace the object must live in ("" for cluster-scoped resources).
+    pub fn namespace(&self) -> &str {
+        if self.rt.namespaced {
+            &self.info.namespace
+        } else {
+            ""
+        }
+    }
+}
+
+/// Serves a request under `/api` or `/apis` that names a resource.
+pub async fn handle(
+    state: Arc<State>,
+    user: UserInfo,
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let q = request::query_map(query);
+    let Some(info) = request::parse(&method, path, &q) else {
+        return ApiError::no_route(path).into_response();
+    };
+    let Some(rt) = registry().find(&info.group, &info.version, &info.resource) else {
+        return ApiError::no_route(path).into_response();
+    };
+    if !info.subresource.is_empty() && !rt.has_subresource(&info.subresource) {
+        return ApiError::no_route(path).into_response();
+    }
+    let ctx = Ctx {
+        rt,
+        info,
+        query: q,
+        headers,
+        user,
+    };
+    match dispatch(&state, &ctx, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(state: &Arc<State>, ctx: &Ctx, body: Bytes) -> Result<Response> {
+    let sub = ctx.info.subresource.as_str();
+    if ctx.rt.namespaced
+        && ctx.info.namespace.is_empty()
+        && !matches!(ctx.info.verb, "list" | "watch")
+    {
+        return Err(ApiError::no_route(&format!(
+            "{} requires a namespace",
+            ctx.rt.plural
+        )));
+    }
+    match (ctx.info.verb, sub) {
+        ("get", "" | "status") => read::get(state, ctx).await,
+        ("list", _) => read::list(state, ctx).await,
+        ("watch", _) => watch::watch(state, ctx).await,
+        ("create", "") => write::create(state, ctx, &body).await,
+        ("update", "" | "status" | "finalize") => write::update(state, ctx, &body).await,
+        ("patch", "" | "status") => write::patch(state, ctx, &body).await,
+        ("delete", "") => delete::delete(state, ctx, &body).await,
+        ("deletecollection", "") => delete::delete_collection(state, ctx, &body).await,
+        ("get" | "update" | "patch", "scale") => scale::scale(state, ctx, &body).await,
+        ("create", "binding") => write::bind(state, ctx, &body).await,
+        _ => Err(ApiError::method_not_supported(ctx.rt, ctx.info.verb)),
+    }
+}
+
+/// Serializes an object for a response, as a Table when the client asked for one.
+pub fn respond(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
+    if codec::wants_table(&ctx.headers) {
+        let include = ctx
+            .query
+            .get("includeObject")
+            .map(String::as_str)
+            .unwrap_or("Metadata");
+        let list_meta = serde_json::json!({"resourceVersion": meta::meta_str(obj, "resourceVersion").unwrap_or("")});
+        return codec::json_response(
+            code,
+            &codec::table(ctx.rt, std::slice::from_ref(obj), include, list_meta),
+        );
+    }
+    codec::json_response(code, obj)
+}
+
+/// A response with an empty body, for HEAD.
+pub fn empty(code: StatusCode) -> Response {
+    Response::builder()
+        .status(code)
+        .body(Body::empty())
+        .unwrap_or_default()
+}

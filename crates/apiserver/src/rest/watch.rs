@@ -1,0 +1,195 @@
+//! watch: a stream of JSON lines (`{"type": "ADDED", "object": {...}}`), from now (after a
+//! synthetic ADDED per existing object) or from a resourceVersion, filtered by selectors (an
+//! object that stops matching is DELETED for the watcher), with bookmarks when asked, ending
+//! after `timeoutSeconds`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use http::{StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use api::selector::{FieldSelector, LabelSelector};
+
+use super::Ctx;
+use super::read::{selected, selectors};
+use crate::State;
+use crate::codec;
+use crate::request::flag;
+use crate::status::{ApiError, Result};
+use crate::storage::to_object;
+
+/// How often a bookmark is sent to watchers that allow them.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+struct Filter {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn pass(&self, obj: &Value) -> bool {
+        selected(obj, &self.labels, &self.fields)
+    }
+}
+
+struct Encoder {
+    rt: &'static api::ResourceType,
+    table: bool,
+    include: String,
+}
+
+impl Encoder {
+    fn event(&self, kind: &str, obj: &Value) -> Bytes {
+        let object = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
+            let rv = api::meta::meta_str(obj, "resourceVersion").unwrap_or("");
+            codec::table(
+                self.rt,
+                std::slice::from_ref(obj),
+                &self.include,
+                json!({"resourceVersion": rv}),
+            )
+        } else {
+            obj.clone()
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rev: u64) -> Bytes {
+        let obj = json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": {"resourceVersion": rev.to_string()}});
+        self.event("BOOKMARK", &obj)
+    }
+}
+
+/// The watch event for a store change, as seen through the filter.
+fn translate(ev: &store::Event, filter: &Filter) -> Result<Option<(&'static str, Value)>> {
+    let obj = to_object(&ev.kv)?;
+    let now = filter.pass(&obj);
+    let before = match &ev.prev {
+        Some(p) => filter.pass(&to_object(p)?),
+        None => false,
+    };
+    Ok(match ev.kind {
+        store::EventType::Delete => before.then_some(("DELETED", obj)),
+        store::EventType::Put => match (ev.prev.is_some() && before, now) {
+            (false, true) => Some(("ADDED", obj)),
+            (true, true) => Some(("MODIFIED", obj)),
+            (true, false) => Some(("DELETED", obj)),
+            (false, false) => None,
+        },
+    })
+}
+
+pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
+    let (labels, fields) = selectors(ctx)?;
+    let ns = match fields.required("metadata.namespace") {
+        Some(ns) if ctx.rt.namespaced && ctx.info.namespace.is_empty() => ns.to_string(),
+        _ => ctx.info.namespace.clone(),
+    };
+    let prefix = match fields.required("metadata.name") {
+        Some(name) => ctx.rt.key(&ns, name),
+        None => ctx.rt.namespace_prefix(&ns),
+    };
+    let filter = Filter { labels, fields };
+    let encoder = Encoder {
+        rt: ctx.rt,
+        table: codec::wants_table(&ctx.headers),
+        include: ctx
+            .query
+            .get("includeObject")
+            .cloned()
+            .unwrap_or_else(|| "Metadata".into()),
+    };
+    let timeout = ctx
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let bookmarks = flag(&ctx.query, "allowWatchBookmarks");
+    let rv = ctx
+        .query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let backend = &state.storage.backend;
+    let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, Infallible>>(256);
+    let (initial, mut watch, mut last_rev) = if rv.is_empty() || rv == "0" {
+        let lw = backend
+            .list_watch(&prefix)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let mut initial = Vec::new();
+        for kv in &lw.kvs {
+            let obj = to_object(kv)?;
+            if filter.pass(&obj) {
+                initial.push(encoder.event("ADDED", &obj));
+            }
+        }
+        (initial, lw.watch, lw.revision)
+    } else {
+        let from: u64 = rv
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+        match backend.watch(&prefix, from).await {
+            Ok(w) => (Vec::new(), w, from),
+            Err(store::Error::Compacted { requested, oldest }) => {
+                let status =
+                    ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
+                        .status();
+                let body = Body::from(encoder.event("ERROR", &status));
+                return Ok(stream_response(body));
+            }
+            Err(e) => return Err(ApiError::unavailable(e)),
+        }
+    };
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.tick().await;
+        loop {
+            let line = tokio::select! {
+                ev = watch.events.recv() => match ev {
+                    Some(ev) => {
+                        last_rev = ev.revision();
+                        match translate(&ev, &filter) {
+                            Ok(Some((kind, obj))) => encoder.event(kind, &obj),
+                            Ok(None) => continue,
+                            Err(e) => encoder.event("ERROR", &e.status()),
+                        }
+                    }
+                    None => return,
+                },
+                _ = tick.tick(), if bookmarks => encoder.bookmark(last_rev),
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(stream_response(Body::from_stream(ReceiverStream::new(rx))))
+}
+
+fn stream_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .unwrap_or_default()
+}

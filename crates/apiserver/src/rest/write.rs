@@ -1,0 +1,530 @@
+//! create, update, patch (JSON, merge, strategic, apply) and the binding subresource.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde_json::{Value, json};
+
+use api::{defaults, managed_fields, meta, patch as smp, schema, strategy};
+
+use super::{Ctx, respond};
+use crate::State;
+use crate::admission;
+use crate::codec;
+use crate::status::{ApiError, Result};
+use crate::storage::revision_of;
+
+/// How many times a patch is re-applied when the object changes underneath it.
+pub(super) const PATCH_RETRIES: usize = 8;
+
+/// Checks that a decoded object is of the resource's kind and fields, as upstream's strict
+/// decoding does. Returns warnings for unknown fields when the client asked for `Warn`.
+fn check_object(ctx: &Ctx, obj: &mut Value) -> Result<Vec<String>> {
+    let rt = ctx.rt;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        None | Some("") => obj["kind"] = Value::from(rt.kind),
+        Some(k) if k != rt.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
+        }
+        _ => {}
+    }
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => obj["apiVersion"] = Value::from(rt.api_version()),
+        Some(v) if v != rt.api_version() => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({})",
+                rt.api_version()
+            )));
+        }
+        _ => {}
+    }
+    let cannot = |why: String| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {why}",
+            rt.kind, rt.version, rt.kind
+        ))
+    };
+    let unknown = schema::unknown_fields(obj, &rt.schema_name);
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        match ctx.query.get("fieldValidation").map(String::as_str) {
+            Some("Strict") => {
+                return Err(cannot(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
+            }
+            Some("Ignore") => {}
+            _ => warnings = list,
+        }
+    }
+    (rt.decode)(obj).map_err(cannot)?;
+    Ok(warnings)
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", v);
+        }
+    }
+    resp
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Decodes a request body into an object of the resource.
+fn decode(ctx: &Ctx, body: &[u8]) -> Result<(Value, Vec<String>)> {
+    let mut obj = codec::decode_as(&codec::content_type(&ctx.headers), body, Some(ctx.rt))?;
+    let warnings = check_object(ctx, &mut obj)?;
+    Ok((obj, warnings))
+}
+
+pub async fn create(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
+    let (obj, warnings) = decode(ctx, body)?;
+    let stored = create_object(state, ctx, obj, "Update").await?;
+    Ok(with_warnings(
+        respond(ctx, StatusCode::CREATED, &stored),
+        &warnings,
+    ))
+}
+
+/// The create pipeline, shared by POST and by apply of a new object.
+async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str) -> Result<Value> {
+    let rt = ctx.rt;
+    if rt.namespaced {
+        let body_ns = meta::namespace(&obj);
+        if !body_ns.is_empty() && body_ns != ctx.info.namespace {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        meta::set_meta(
+            &mut obj,
+            "namespace",
+            Value::from(ctx.info.namespace.clone()),
+        );
+    } else {
+        meta::remove_meta(&mut obj, "namespace");
+    }
+    if meta::name(&obj).is_empty()
+        && let Some(prefix) = meta::meta_str(&obj, "generateName").map(str::to_string)
+    {
+        meta::set_meta(
+            &mut obj,
+            "name",
+            Value::from(format!("{prefix}{}", random_suffix())),
+        );
+    }
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta::remove_meta(&mut obj, k);
+    }
+    meta::set_meta(
+        &mut obj,
+        "uid",
+        Value::from(uuid::Uuid::new_v4().to_string()),
+    );
+    meta::set_meta(
+        &mut obj,
+        "creationTimestamp",
+        Value::from(meta::now_timestamp()),
+    );
+    defaults::apply(rt, &mut obj);
+    strategy::prepare_for_create(rt, &mut obj);
+    admission::admit_create(state, rt, &mut obj).await?;
+    let errs = strategy::validate(rt, &obj);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(rt, meta::name(&obj), &errs));
+    }
+    let fields = managed_fields::fields_of(&obj, &rt.schema_name);
+    managed_fields::record(
+        &mut obj,
+        &ctx.field_manager(),
+        operation,
+        &rt.api_version(),
+        fields,
+        None,
+    );
+    if ctx.dry_run() {
+        return Ok(obj);
+    }
+    state.storage.create(rt, obj).await
+}
+
+/// The update pipeline on a current object: carries over what the server owns, applies the
+/// strategy of the subresource, validates, and records field ownership.
+pub(super) fn prepare_update(
+    ctx: &Ctx,
+    current: &Value,
+    mut new: Value,
+    operation: &str,
+) -> Result<Value> {
+    let rt = ctx.rt;
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+        "generateName",
+    ] {
+        match current.get("metadata").and_then(|m| m.get(k)) {
+            Some(v) => meta::set_meta(&mut new, k, v.clone()),
+            None => {
+                meta::remove_meta(&mut new, k);
+            }
+        }
+    }
+    if new
+        .get("metadata")
+        .and_then(|m| m.get("managedFields"))
+        .is_none()
+        && let Some(mf) = current.get("metadata").and_then(|m| m.get("managedFields"))
+    {
+        meta::set_meta(&mut new, "managedFields", mf.clone());
+    }
+    let sub = ctx.info.subresource.as_str();
+    match sub {
+        "status" => strategy::prepare_for_status_update(current, &mut new),
+        "finalize" => {
+            let finalizers = new
+                .get("spec")
+                .and_then(|s| s.get("finalizers"))
+                .cloned()
+                .unwrap_or(json!([]));
+            new = current.clone();
+            new["spec"]["finalizers"] = finalizers;
+        }
+        _ => {
+            defaults::apply(rt, &mut new);
+            strategy::prepare_for_update(rt, current, &mut new);
+        }
+    }
+    let mut errs = strategy::validate(rt, &new);
+    errs.extend(strategy::validate_update(rt, current, &new));
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(rt, meta::name(&new), &errs));
+    }
+    if sub.is_empty() && operation == "Update" {
+        let changed = managed_fields::changed_fields(Some(current), &new, &rt.schema_name);
+        managed_fields::record(
+            &mut new,
+            &ctx.field_manager(),
+            operation,
+            &rt.api_version(),
+            changed,
+            None,
+        );
+    }
+    Ok(new)
+}
+
+/// Whether two versions of an object differ in anything but their resourceVersion.
+fn same(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        meta::remove_meta(&mut v, "resourceVersion");
+        v
+    };
+    strip(a) == strip(b)
+}
+
+/// Stores an updated object, or returns the current one when nothing changed; removes an object
+/// whose deletion was waiting only for finalizers that are now gone.
+pub(super) async fn store_update(
+    state: &State,
+    ctx: &Ctx,
+    current: &Value,
+    rev: u64,
+    new: Value,
+) -> Result<Value> {
+    if same(current, &new) {
+        return Ok(current.clone());
+    }
+    if ctx.dry_run() {
+        return Ok(new);
+    }
+    let stored = state.storage.update(ctx.rt, new, rev).await?;
+    if meta::is_deleting(&stored) && super::delete::finalized(&stored) {
+        let new_rev = revision_of(&stored)?;
+        return match state
+            .storage
+            .delete(ctx.rt, ctx.namespace(), meta::name(&stored), new_rev)
+            .await
+        {
+            Ok(last) => Ok(last),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(stored),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(stored)
+}
+
+pub async fn update(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
+    let (new, warnings) = decode(ctx, body)?;
+    let name = meta::name(&new);
+    if name != ctx.info.name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({name}) does not match the name on the URL ({})",
+            ctx.info.name
+        )));
+    }
+    if ctx.rt.namespaced {
+        let ns = meta::namespace(&new);
+        if !ns.is_empty() && ns != ctx.info.namespace {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    let (current, rev) = state
+        .storage
+        .get(ctx.rt, ctx.namespace(), &ctx.info.name)
+        .await?;
+    if let Some(wanted) = revision_of(&new)?
+        && wanted != rev
+    {
+        return Err(ApiError::conflict(ctx.rt, &ctx.info.name));
+    }
+    let new = prepare_update(ctx, &current, new, "Update")?;
+    let stored = store_update(state, ctx, &current, rev, new).await?;
+    Ok(with_warnings(
+        respond(ctx, StatusCode::OK, &stored),
+        &warnings,
+    ))
+}
+
+fn patch_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        code: 422,
+        reason: "Invalid",
+        message: format!("the server rejected our request due to an error in our request: {e}"),
+        details: None,
+    }
+}
+
+/// Applies a patch document of the given media type to `current`, an object of the named type.
+pub(super) fn apply_patch(
+    media: &str,
+    current: &Value,
+    body: &[u8],
+    type_name: &str,
+) -> Result<Value> {
+    match media {
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            json_patch::patch(&mut doc, &ops).map_err(patch_error)?;
+            Ok(doc)
+        }
+        "application/merge-patch+json" => {
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            json_patch::merge(&mut doc, &p);
+            Ok(doc)
+        }
+        "application/strategic-merge-patch+json" => {
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            smp::strategic_merge(current, &p, type_name).map_err(patch_error)
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+pub async fn patch(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
+    let media = codec::content_type(&ctx.headers);
+    if media == "application/apply-patch+yaml" {
+        return apply(state, ctx, body).await;
+    }
+    if body.len() > codec::MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    for _ in 0..PATCH_RETRIES {
+        let (current, rev) = state
+            .storage
+            .get(ctx.rt, ctx.namespace(), &ctx.info.name)
+            .await?;
+        let mut patched = apply_patch(&media, &current, body, &ctx.rt.schema_name)?;
+        let warnings = check_object(ctx, &mut patched)?;
+        if let Some(wanted) = revision_of(&patched)?
+            && wanted != rev
+        {
+            return Err(ApiError::conflict(ctx.rt, &ctx.info.name));
+        }
+        if meta::name(&patched) != ctx.info.name {
+            return Err(ApiError::bad_request(
+                "metadata.name: the name of the object does not match the name on the URL",
+            ));
+        }
+        let new = prepare_update(ctx, &current, patched, "Update")?;
+        match store_update(state, ctx, &current, rev, new).await {
+            Ok(stored) => {
+                return Ok(with_warnings(
+                    respond(ctx, StatusCode::OK, &stored),
+                    &warnings,
+                ));
+            }
+            Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(ctx.rt, &ctx.info.name))
+}
+
+/// Server-side apply: creates the object from the configuration, or merges the configuration
+/// into it; the manager then owns exactly the configuration's fields.
+async fn apply(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
+    let manager = ctx
+        .query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned();
+    let Some(manager) = manager else {
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
+    };
+    let mut config = codec::decode("application/yaml", body)?;
+    let warnings = check_object(ctx, &mut config)?;
+    if meta::name(&config) != ctx.info.name {
+        return Err(ApiError::bad_request(
+            "metadata.name: the name of the object does not match the name on the URL",
+        ));
+    }
+    let force = crate::request::flag(&ctx.query, "force");
+    for _ in 0..PATCH_RETRIES {
+        let current = match state
+            .storage
+            .get(ctx.rt, ctx.namespace(), &ctx.info.name)
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let Some((current, rev)) = current else {
+            let stored = create_object(state, ctx, config.clone(), "Apply").await;
+            match stored {
+                Ok(s) => {
+                    return Ok(with_warnings(
+                        respond(ctx, StatusCode::CREATED, &s),
+                        &warnings,
+                    ));
+                }
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let merged = managed_fields::apply(
+            &current,
+            &config,
+            &manager,
+            force,
+            &ctx.rt.schema_name,
+            &ctx.rt.api_version(),
+        )
+        .map_err(|conflicts| ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: conflicts.to_string(),
+            details: Some(json!({"causes": conflicts.causes()})),
+        })?;
+        let new = prepare_update(ctx, &current, merged, "Apply")?;
+        match store_update(state, ctx, &current, rev, new).await {
+            Ok(stored) => {
+                return Ok(with_warnings(
+                    respond(ctx, StatusCode::OK, &stored),
+                    &warnings,
+                ));
+            }
+            Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(ctx.rt, &ctx.info.name))
+}
+
+/// POST pods/NAME/binding: assigns the pod to a node, as the scheduler does.
+pub async fn bind(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
+    let binding = codec::decode(&codec::content_type(&ctx.headers), body)?;
+    let node = binding
+        .get("target")
+        .and_then(|t| t.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if node.is_empty() {
+        return Err(ApiError::bad_request("Binding target.name is required"));
+    }
+    let (mut pod, rev) = state
+        .storage
+        .get(ctx.rt, ctx.namespace(), &ctx.info.name)
+        .await?;
+    if meta::is_deleting(&pod) {
+        return Err(ApiError::conflict_because(
+            ctx.rt,
+            &ctx.info.name,
+            "pod is being deleted, cannot be assigned to a host",
+        ));
+    }
+    if let Some(existing) = pod
+        .get("spec")
+        .and_then(|s| s.get("nodeName"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(ApiError::conflict_because(
+            ctx.rt,
+            &ctx.info.name,
+            &format!(
+                "pod {} is already assigned to node \"{existing}\"",
+                ctx.info.name
+            ),
+        ));
+    }
+    pod["spec"]["nodeName"] = Value::from(node);
+    let conditions = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conditions: Vec<Value> = conditions
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
+    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_timestamp()}));
+    pod["status"]["conditions"] = Value::Array(conditions);
+    if !ctx.dry_run() {
+        state.storage.update(ctx.rt, pod, rev).await?;
+    }
+    Ok(codec::json_response(StatusCode::CREATED, &crate::status::success(None)).into_response())
+}

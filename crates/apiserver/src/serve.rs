@@ -1,0 +1,279 @@
+//! The HTTPS listener and the top-level routing: TLS with optional client certificates, HTTP/1.1
+//! and HTTP/2, the anonymous health and version endpoints, and authentication in front of
+//! everything else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::authn::UserInfo;
+use crate::pki::{self, Pki};
+use crate::status::ApiError;
+use crate::storage::Storage;
+use crate::{Config, State, codec, discovery, rest};
+
+/// A running API server.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The admin kubeconfig it wrote.
+    pub admin_kubeconfig: PathBuf,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The CA, to issue credentials for bosun's own components.
+    pub pki: Arc<Pki>,
+    /// The URL clients reach it at.
+    pub url: String,
+    /// Ends when the listener fails.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The addresses of this machine's interfaces (from the kernel's routing tables).
+fn local_addresses() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for pair in lines.windows(2) {
+        if pair[1].contains("/32 host LOCAL")
+            && let Some(ip) = pair[0].trim().strip_prefix("|-- ")
+            && !out.iter().any(|x| x == ip)
+        {
+            out.push(ip.to_string());
+        }
+    }
+    out
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn tls_config(pki: &Pki, sans: &[String]) -> Result<rustls::ServerConfig> {
+    let serving = pki.serving(sans)?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut serving.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut serving.key_pem.as_bytes())?.context("no serving key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
+        roots.add(ca?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
+    let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"))?);
+    let mut sans = vec![
+        hostname(),
+        "localhost".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ];
+    sans.extend(local_addresses());
+    sans.extend(config.extra_sans.iter().cloned());
+    sans.dedup();
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki, &sans)?));
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("https://{host}:{}", addr.port());
+    let admin_kubeconfig = config.data_dir.join("admin.kubeconfig");
+    let admin = pki.client("admin", &["system:masters"])?;
+    pki::write_private(
+        &admin_kubeconfig,
+        pki::kubeconfig(&url, &pki.ca_pem, "admin", &admin).as_bytes(),
+    )?;
+
+    let state = Arc::new(State {
+        storage,
+        server_url: url.clone(),
+    });
+    let app = axum::Router::new().fallback(route).with_state(state);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| UserInfo::from_certificate(c.as_ref()));
+                let service =
+                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(Identity(user.clone()));
+                        let app = app.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                tower::ServiceExt::oneshot(app, req.map(Body::new))
+                                    .await
+                                    .into_response(),
+                            )
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(Running {
+        addr,
+        admin_kubeconfig,
+        ca_pem: pki.ca_pem.clone(),
+        pki,
+        url,
+        task,
+    })
+}
+
+/// The user named by the connection's client certificate, if any.
+#[derive(Clone)]
+struct Identity(Option<UserInfo>);
+
+fn text(code: StatusCode, body: &'static str) -> Response {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+fn cached(slot: &'static OnceLock<Bytes>, make: fn() -> Value) -> Response {
+    let bytes = slot.get_or_init(|| Bytes::from(serde_json::to_vec(&make()).unwrap_or_default()));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes.clone()))
+        .unwrap_or_default()
+}
+
+fn openapi_v3(path: &str) -> Response {
+    static DOCS: OnceLock<std::sync::Mutex<HashMap<String, Bytes>>> = OnceLock::new();
+    let docs = DOCS.get_or_init(Default::default);
+    let mut docs = docs.lock().unwrap_or_else(|p| p.into_inner());
+    if !docs.contains_key(path) {
+        let Some(doc) = api::openapi::v3_group_version(path) else {
+            return ApiError::no_route(&format!("/openapi/v3/{path}")).into_response();
+        };
+        docs.insert(
+            path.to_string(),
+            Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+        );
+    }
+    let bytes = docs.get(path).cloned().unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes))
+        .unwrap_or_default()
+}
+
+async fn route(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    match (&parts.method, path.as_str()) {
+        (&Method::GET, "/healthz" | "/livez" | "/readyz") => return text(StatusCode::OK, "ok"),
+        (&Method::GET, "/version") => {
+            return codec::json_response(StatusCode::OK, &discovery::version());
+        }
+        _ => {}
+    }
+    let identity = parts.extensions.get::<Identity>().and_then(|i| i.0.clone());
+    let has_token = parts.headers.contains_key(header::AUTHORIZATION);
+    let user = match identity {
+        Some(u) if !has_token => u,
+        _ => return ApiError::unauthorized().into_response(),
+    };
+    let json = |v: Option<Value>| match v {
+        Some(v) => codec::json_response(StatusCode::OK, &v),
+        None => ApiError::no_route(&path).into_response(),
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if parts.method == Method::GET {
+        static V2: OnceLock<Bytes> = OnceLock::new();
+        static V3: OnceLock<Bytes> = OnceLock::new();
+        match segments.as_slice() {
+            ["api"] => {
+                return codec::json_response(
+                    StatusCode::OK,
+                    &discovery::core_versions(&state.server_url),
+                );
+            }
+            ["apis"] => return codec::json_response(StatusCode::OK, &discovery::groups()),
+            ["api", v] => return json(discovery::resources("", v)),
+            ["apis", g] => return json(discovery::group(g)),
+            ["apis", g, v] => return json(discovery::resources(g, v)),
+            ["openapi", "v2"] => return cached(&V2, api::openapi::v2),
+            ["openapi", "v3"] => return cached(&V3, api::openapi::v3_index),
+            ["openapi", "v3", rest @ ..] => return openapi_v3(&rest.join("/")),
+            _ => {}
+        }
+    }
+    let body = match axum::body::to_bytes(body, codec::MAX_BODY + 1).await {
+        Ok(b) if b.len() > codec::MAX_BODY => return ApiError::too_large().into_response(),
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large().into_response(),
+    };
+    let resp = rest::handle(
+        state,
+        user,
+        parts.method.clone(),
+        &path,
+        parts.uri.query(),
+        parts.headers,
+        body,
+    )
+    .await;
+    if parts.method == Method::HEAD {
+        return rest::empty(resp.status());
+    }
+    resp
+}

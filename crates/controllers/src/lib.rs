@@ -1,0 +1,78 @@
+//! The controllers of the control plane. Each is a watch-and-reconcile loop built on
+//! kube-runtime's `Controller` (informer cache, work queue, retries with back-off), reads and
+//! writes the cluster only through the Kubernetes API, and lives in its own module:
+//!
+//! - [`namespace`]: empties a namespace that is being deleted, then finalizes it.
+//! - [`serviceaccount`]: every namespace has a `default` service account.
+//! - [`root_ca`]: every namespace has the `kube-root-ca.crt` ConfigMap with the cluster CA.
+
+pub mod namespace;
+pub mod root_ca;
+pub mod serviceaccount;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::Action;
+
+/// Why a reconcile failed; every error is retried with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API refused or failed a request.
+    #[error("api request failed: {0}")]
+    Api(#[from] kube::Error),
+    /// The namespace still has content; it is looked at again shortly.
+    #[error("namespace {0} still has content")]
+    ContentRemaining(String),
+}
+
+/// The result of a reconcile.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconciler shares.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// The cluster CA certificate, PEM, published into every namespace.
+    pub ca_pem: String,
+}
+
+/// Retries a failed reconcile after a short pause (the work queue adds its own back-off).
+pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    match err {
+        Error::ContentRemaining(_) => Action::requeue(Duration::from_millis(500)),
+        Error::Api(e) => {
+            tracing::warn!(error = %e, "reconcile failed");
+            Action::requeue(Duration::from_secs(2))
+        }
+    }
+}
+
+/// Runs every controller until one of them stops.
+pub fn start(client: kube::Client, ca_pem: String) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let ctx = Arc::new(Context { client, ca_pem });
+    tokio::spawn(async move {
+        let stopped = tokio::select! {
+            _ = namespace::run(ctx.clone()) => "namespace",
+            _ = serviceaccount::run(ctx.clone()) => "serviceaccount",
+            _ = root_ca::run(ctx.clone()) => "root-ca",
+        };
+        anyhow::bail!("the {stopped} controller stopped")
+    })
+}
+
+/// Drives a controller's result stream, logging failures.
+pub(crate) async fn drive<S, T, E>(name: &'static str, stream: S)
+where
+    S: futures::Stream<Item = std::result::Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    stream
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(controller = name, error = ?e, "reconcile error");
+            }
+        })
+        .await;
+}
