@@ -221,10 +221,8 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> ErrorList
             }
         }
         ("", "Secret") => immutable(&mut errs, "type"),
-        ("", "Service") => {
-            if old.get("spec").and_then(|s| s.get("clusterIP")).is_some() {
-                immutable(&mut errs, "spec.clusterIP");
-            }
+        ("", "Service") if old.get("spec").and_then(|s| s.get("clusterIP")).is_some() => {
+            immutable(&mut errs, "spec.clusterIP");
         }
         ("", "Pod") => {
             // only images, activeDeadlineSeconds, tolerations (additions) and

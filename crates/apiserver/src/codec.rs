@@ -58,7 +58,8 @@ pub fn decode_as(media_type: &str, body: &[u8], rt: Option<&ResourceType>) -> Re
         };
     }
     let yaml = media_type.contains("yaml");
-    let parsed = if yaml {
+
+    if yaml {
         let text = std::str::from_utf8(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
         serde_saphyr::from_str::<Value>(text)
@@ -67,8 +68,7 @@ pub fn decode_as(media_type: &str, body: &[u8], rt: Option<&ResourceType>) -> Re
         serde_json::from_slice::<Value>(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })
-    };
-    parsed
+    }
 }
 
 /// Whether the client asked for a Table (`Accept: application/json;as=Table;...`).

@@ -83,7 +83,7 @@ pub async fn select(
         .backend
         .range(&prefix, start_after, 0)
         .await
-        .map_err(|e| ApiError::unavailable(e))?;
+        .map_err(ApiError::unavailable)?;
     let unfiltered = labels.is_empty() && fields.0.is_empty();
     let mut items = Vec::new();
     let mut last_key = None;

@@ -1,0 +1,116 @@
+//! Shared pieces of the benchmarks: a `bosun server` process on a temporary data dir, its
+//! memory, and percentiles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A server started for a benchmark; killed when dropped.
+pub struct Server {
+    /// The server process.
+    pub child: Child,
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+    /// Time from spawn to a successful `/readyz`.
+    pub startup: Duration,
+}
+
+/// The `bosun` binary next to this benchmark's executable (same profile).
+pub fn bosun_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no executable dir")?;
+    let p = dir.join("bosun");
+    if !p.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release -p bosun)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+impl Server {
+    /// Starts `bosun server` and waits until it answers.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let started = Instant::now();
+        let child = Command::new(bosun_binary()?)
+            .args(["server", "--data-dir"])
+            .arg(dir.path())
+            .args(["--bind", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let mut server = Self {
+            child,
+            dir,
+            startup: Duration::ZERO,
+        };
+        loop {
+            if kubeconfig.exists()
+                && let Ok(client) = server.client().await
+                && client
+                    .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                    .await
+                    .is_ok()
+            {
+                server.startup = started.elapsed();
+                return Ok(server);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("the server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A new client (its own connection).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig"))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The server's resident memory, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        rss_mib(self.child.id())
+    }
+
+    /// The data dir.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The p-th percentile (0-100) of samples, in milliseconds.
+pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort();
+    let idx = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[idx.min(samples.len() - 1)].as_secs_f64() * 1000.0
+}

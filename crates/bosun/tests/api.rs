@@ -1,0 +1,237 @@
+//! End-to-end tests of the API server: a real `bosun server`, the real kubectl, the `kube` crate
+//! as a second client.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Cluster, kubectl_path, shared_dir};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+
+#[test]
+fn scenario_01_api_basics() {
+    let c = Cluster::start();
+    let script = shared_dir().join("scenarios/01-api-basics.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("KUBECTL", kubectl_path())
+        .output()
+        .expect("run scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("PASS [01-api-basics]"),
+        "scenario 01 failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn anonymous_requests_reach_only_health_and_version() {
+    let c = Cluster::start();
+    let ca = c.dir.path().join("tls/ca.crt");
+    let url = c.url();
+    let curl = |path: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(extra)
+            .arg(format!("{url}{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = curl("/version", &[]);
+    assert!(
+        version.contains("\"minor\":\"33\"") && version.ends_with("200"),
+        "anonymous /version: {version}"
+    );
+    assert!(curl("/healthz", &[]).ends_with("200"), "anonymous /healthz");
+    let denied = curl("/api/v1/configmaps", &[]);
+    assert!(
+        denied.ends_with("401") && denied.contains("Unauthorized"),
+        "anonymous list: {denied}"
+    );
+    let bad_token = curl("/api/v1/configmaps", &["-H", "Authorization: Bearer nope"]);
+    assert!(bad_token.ends_with("401"), "a bad token: {bad_token}");
+    let mode = std::fs::metadata(&c.kubeconfig)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("kubeconfig");
+    assert_eq!(
+        mode, 0o600,
+        "the admin kubeconfig is readable only by its owner"
+    );
+}
+
+#[test]
+fn a_restart_keeps_objects_and_the_ca() {
+    let mut c = Cluster::start();
+    c.ok(&["create", "configmap", "keep", "--from-literal=a=b"]);
+    let uid = c.ok(&["get", "cm", "keep", "-o", "jsonpath={.metadata.uid}"]);
+    let ca = std::fs::read(c.dir.path().join("tls/ca.crt")).expect("ca");
+    c.restart_after_kill();
+    assert_eq!(
+        c.ok(&["get", "cm", "keep", "-o", "jsonpath={.metadata.uid}"]),
+        uid
+    );
+    assert_eq!(
+        std::fs::read(c.dir.path().join("tls/ca.crt")).expect("ca"),
+        ca,
+        "the CA survives restarts"
+    );
+    // history before the restart is gone: a watch from an old revision is told so (410)
+    let old = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=1&timeoutSeconds=1",
+    ]);
+    assert!(
+        old.contains("\"type\":\"ERROR\"") && old.contains("\"code\":410"),
+        "watch from a compacted revision: {old}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let c = Cluster::start();
+    let err = c.fails(&["get", "cm", "-l", "a in b"]);
+    assert!(err.contains("unable to parse requirement"), "{err}");
+    let big = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"a\":\"{}\"}}}}",
+        "x".repeat(4 << 20)
+    );
+    let out = c.kubectl_stdin(&["create", "-f", "-"], &big);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too large"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong_type = "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"t\"},\"data\":{\"a\":1}}";
+    let out = c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], wrong_type);
+    assert!(
+        !out.status.success(),
+        "a number where a string belongs is refused"
+    );
+    let dup = c.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: i}]}\n");
+    assert!(
+        String::from_utf8_lossy(&dup.stderr)
+            .contains("`selector` does not match template `labels`")
+    );
+    assert_eq!(
+        c.ok(&["get", "cm,deploy", "-o", "name"])
+            .lines()
+            .filter(|l| !l.contains("kube-root-ca"))
+            .count(),
+        0,
+        "nothing was stored"
+    );
+}
+
+#[test]
+fn scale_and_yaml_output_match_upstream() {
+    let c = Cluster::start();
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=1",
+    ]);
+    c.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    assert_eq!(
+        c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation}"
+        ]),
+        "2"
+    );
+    let table = c.ok(&["get", "deploy", "web", "-o", "wide"]);
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("READY")
+            && table.contains("UP-TO-DATE")
+            && table.contains("SELECTOR"),
+        "{table}"
+    );
+    assert!(table.contains("app=web"));
+    let explain = c.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(explain.contains("rollingUpdate"), "{explain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kube_crate_is_a_second_client() {
+    let c = Cluster::start();
+    let client = c.client().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("from-rust".into());
+    cm.data = Some([("k".to_string(), "v".to_string())].into());
+    let created = maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let rv = created
+        .metadata
+        .resource_version
+        .clone()
+        .expect("resourceVersion");
+
+    let listed = maps
+        .list(&ListParams::default().labels("!missing"))
+        .await
+        .expect("list");
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|m| m.metadata.name.as_deref() == Some("from-rust"))
+    );
+
+    let mut stream = Box::pin(
+        maps.watch(&WatchParams::default().timeout(10), &rv)
+            .await
+            .expect("watch"),
+    );
+    let patch = serde_json::json!({"data": {"k": "w"}});
+    maps.patch("from-rust", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    use futures::StreamExt;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event")
+        .expect("open")
+        .expect("ok");
+    match event {
+        WatchEvent::Modified(m) => assert_eq!(
+            m.data.and_then(|d| d.get("k").cloned()).as_deref(),
+            Some("w")
+        ),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    let applied = maps
+        .patch("from-rust", &PatchParams::apply("rust-test").force(), &Patch::Apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-rust"}, "data": {"k": "x"}})))
+        .await
+        .expect("server-side apply");
+    assert!(
+        applied
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("rust-test"))
+    );
+    maps.delete("from-rust", &Default::default())
+        .await
+        .expect("delete");
+    assert!(maps.get_opt("from-rust").await.expect("get").is_none());
+}

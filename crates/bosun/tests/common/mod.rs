@@ -1,0 +1,170 @@
+//! A real `bosun server` for end-to-end tests: started from the built binary on a temporary data
+//! dir and a free port, driven with the real kubectl, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server.
+pub struct Cluster {
+    /// The data dir (kept across [`Cluster::restart`]).
+    pub dir: tempfile::TempDir,
+    /// The server process.
+    pub child: Child,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+}
+
+/// The kubectl the tests drive.
+pub fn kubectl_path() -> PathBuf {
+    let p = PathBuf::from(std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into()));
+    assert!(
+        p.exists(),
+        "the end-to-end tests need kubectl at {} (set KUBECTL=...)",
+        p.display()
+    );
+    p
+}
+
+/// The shared folder with the scenarios and the image builder (`../shared` beside the repo,
+/// or `BOSUN_SHARED`).
+pub fn shared_dir() -> PathBuf {
+    let p = std::env::var("BOSUN_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    assert!(
+        p.join("scenarios").is_dir(),
+        "the scenarios are not at {} (set BOSUN_SHARED=...)",
+        p.display()
+    );
+    p
+}
+
+impl Cluster {
+    /// Starts a server on a fresh data dir.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = spawn(dir.path());
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let c = Self {
+            dir,
+            child,
+            kubeconfig,
+        };
+        c.wait_ready();
+        c
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same data dir.
+    pub fn restart_after_kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.kubeconfig.exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("bosun server did not become ready within 30s");
+    }
+
+    /// Runs kubectl against the cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl_path())
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl with standard input.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(kubectl_path())
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns its standard output, failing the test if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure and returns its standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The server URL from the kubeconfig.
+    pub fn url(&self) -> String {
+        self.ok(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])
+    }
+
+    /// A kube client with the admin credentials.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
+        kube::Client::try_from(config).expect("client")
+    }
+}
+
+fn spawn(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--bind", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bosun server")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
