@@ -31,6 +31,16 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
     match (rt.group, rt.kind) {
         ("", "Pod") => pod_spec(child(root, "spec")),
         ("", "Namespace") => {
+            // the API server labels every namespace with its name, so selectors can pick it
+            let name = root
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            if name.is_string() {
+                let labels = child(child(root, "metadata"), "labels");
+                labels.insert("kubernetes.io/metadata.name".into(), name);
+            }
             let spec = child(root, "spec");
             default(spec, "finalizers", json!(["kubernetes"]));
         }

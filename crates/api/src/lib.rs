@@ -5,6 +5,7 @@
 //!
 //! - [`registry`]: every served resource (group, version, kind, plural, scope, short names,
 //!   verbs, subresources) in one table, each with its [`strategy`].
+//! - [`convert`]: conversion between versions that share storage.
 //! - [`strategy`]: per-resource policy: defaulting, validation, what a create and an update may
 //!   change.
 //! - [`selector`]: label and field selectors.
@@ -16,6 +17,7 @@
 //! - [`meta`]: reading and writing object metadata on JSON values.
 //! - [`validation`]: field errors and the name rules.
 
+pub mod convert;
 pub mod defaults;
 pub mod managed_fields;
 pub mod meta;

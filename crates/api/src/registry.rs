@@ -60,6 +60,9 @@ pub struct ResourceType {
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// Decodes a JSON object into the typed struct, to catch values of the wrong type.
     pub decode: fn(&Value) -> Result<(), String>,
+    /// The `apiVersion` whose row stores this resource, when another version does (objects are
+    /// converted on the way in and out, see [`crate::convert`]).
+    pub stored_as: Option<&'static str>,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -91,7 +94,13 @@ impl ResourceType {
             schema_name: K::schema_name().into_owned(),
             schema: |generator| generator.subschema_for::<K>(),
             decode: |v| K::deserialize(v).map(|_| ()).map_err(|e| e.to_string()),
+            stored_as: None,
         }
+    }
+
+    fn stored_as(mut self, api_version: &'static str) -> Self {
+        self.stored_as = Some(api_version);
+        self
     }
 
     /// `apiVersion` as written in objects (`v1`, `apps/v1`).
@@ -127,13 +136,14 @@ impl ResourceType {
         self.subresources.contains(&sub)
     }
 
-    /// The store key prefix of all objects of this resource (ends with `/`).
+    /// The store key prefix of all objects of this resource (ends with `/`): the prefix of the
+    /// version it is stored as.
     pub fn key_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
+        let group = match self.stored_as {
+            Some(v) => v.split_once('/').map_or("", |(g, _)| g),
+            None => self.group,
         };
+        let group = if group.is_empty() { "core" } else { group };
         format!("/registry/{group}/{}/", self.plural)
     }
 
@@ -168,6 +178,13 @@ impl Registry {
             .find(|r| r.group == group && r.version == version && r.plural == plural)
     }
 
+    /// The row that stores a resource: its own, or the version it is stored as.
+    pub fn storage_row<'a>(&'a self, rt: &'a ResourceType) -> &'a ResourceType {
+        rt.stored_as
+            .and_then(|v| self.by_kind(v, rt.kind))
+            .unwrap_or(rt)
+    }
+
     /// The resource for an `apiVersion` and `kind`.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
         self.resources
@@ -195,10 +212,11 @@ pub fn registry() -> &'static Registry {
 
 fn build() -> Registry {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-        scheduling::v1 as scheduling, storage::v1 as storage,
+        apps::v1 as apps, autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling,
+        batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     const ALL: &[&str] = &["all"];
     const NONE: &[&str] = &[];
@@ -239,6 +257,8 @@ fn build() -> Registry {
         ResourceType::of::<batch::Job>(NONE, ALL, STATUS),
         ResourceType::of::<batch::CronJob>(&["cj"], ALL, STATUS),
         ResourceType::of::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], ALL, STATUS),
+        ResourceType::of::<autoscaling_v1::HorizontalPodAutoscaler>(&["hpa"], ALL, STATUS)
+            .stored_as("autoscaling/v2"),
         ResourceType::of::<rbac::Role>(NONE, NONE, NONE),
         ResourceType::of::<rbac::RoleBinding>(NONE, NONE, NONE),
         ResourceType::of::<rbac::ClusterRole>(NONE, NONE, NONE),
@@ -251,6 +271,7 @@ fn build() -> Registry {
         ResourceType::of::<discovery::EndpointSlice>(NONE, NONE, NONE),
         ResourceType::of::<storage::StorageClass>(&["sc"], NONE, NONE),
         ResourceType::of::<scheduling::PriorityClass>(&["pc"], NONE, NONE),
+        ResourceType::of::<events::Event>(&["ev"], NONE, NONE).stored_as("v1"),
     ];
     Registry { resources }
 }
@@ -273,6 +294,11 @@ mod tests {
         assert_eq!(ns.key("", "default"), "/registry/core/namespaces/default");
         assert_eq!(ns.schema_name, "io.k8s.api.core.v1.Namespace");
         assert!(r.by_kind("v1", "ConfigMap").is_some());
+        let ev = r
+            .by_kind("events.k8s.io/v1", "Event")
+            .expect("events.k8s.io");
+        assert_eq!(ev.key_prefix(), "/registry/core/events/");
+        assert_eq!(r.storage_row(ev).api_version(), "v1");
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// A JSON response.
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
-    let body = serde_json::to_vec(v).unwrap_or_default();
+    bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A response with a JSON body already encoded.
+pub fn bytes_response(code: StatusCode, body: Vec<u8>) -> Response {
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, "application/json")

@@ -30,6 +30,51 @@ pub fn to_object(kv: &KeyValue) -> Result<Value> {
     Ok(v)
 }
 
+/// The stored bytes of an object with its resourceVersion put into its top-level metadata,
+/// without decoding the object (lists of many objects are served this way).
+pub fn with_resource_version(kv: &KeyValue) -> Option<Vec<u8>> {
+    let raw: &[u8] = &kv.value;
+    let at = metadata_body(raw)?;
+    let rv = format!("\"resourceVersion\":\"{}\"", kv.mod_revision);
+    let mut out = Vec::with_capacity(raw.len() + rv.len() + 1);
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(rv.as_bytes());
+    if raw.get(at) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(&raw[at..]);
+    Some(out)
+}
+
+/// The offset just inside the `{` of the top-level `"metadata"` object of a JSON object.
+fn metadata_body(raw: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut depth = 0usize;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 && &raw[start..=i.min(raw.len() - 1)] == b"\"metadata\"" {
+                    let mut j = i + 1;
+                    while j < raw.len() && (raw[j] == b':' || raw[j].is_ascii_whitespace()) {
+                        j += 1;
+                    }
+                    return (raw.get(j) == Some(&b'{')).then_some(j + 1);
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn encode(obj: &Value) -> Vec<u8> {
     let mut v = obj.clone();
     meta::remove_meta(&mut v, "resourceVersion");
@@ -103,5 +148,34 @@ impl Storage {
         let mut obj = to_object(&last)?;
         meta::set_meta(&mut obj, "resourceVersion", Value::from(rev.to_string()));
         Ok(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_goes_into_the_top_level_metadata() {
+        let kv = |v: &str| KeyValue {
+            key: "k".into(),
+            value: v.as_bytes().into(),
+            create_revision: 1,
+            mod_revision: 42,
+        };
+        let out = with_resource_version(&kv(
+            r#"{"data":{"metadata":"{\"x"},"kind":"ConfigMap","metadata":{"name":"a"}}"#,
+        ))
+        .expect("found");
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["metadata"]["resourceVersion"], "42");
+        assert_eq!(v["metadata"]["name"], "a");
+        assert_eq!(v["data"]["metadata"], "{\"x");
+        let out = with_resource_version(&kv(r#"{"metadata":{}}"#)).expect("found");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"metadata":{"resourceVersion":"42"}}"#
+        );
+        assert!(with_resource_version(&kv(r#"{"spec":{"metadata":{}}}"#)).is_none());
     }
 }

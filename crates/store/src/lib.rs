@@ -6,11 +6,12 @@
 //! given revision, or learn that the revision has been compacted away.
 //!
 //! The store knows keys, revisions and bytes: never kinds. [`Backend`] is the interface every
-//! backend implements; [`embedded::Embedded`] is the default (redb on local disk, every
-//! acknowledged write fsynced). [`conformance`] holds the tests every backend must pass.
+//! backend implements; [`embedded::Embedded`] is the default (redb on local disk behind a
+//! write-ahead log, every acknowledged write synced). [`conformance`] holds the tests every backend must pass.
 
 pub mod conformance;
 pub mod embedded;
+mod wal;
 
 use std::future::Future;
 use std::pin::Pin;

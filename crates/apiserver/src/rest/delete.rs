@@ -224,11 +224,11 @@ pub async fn delete_collection(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Re
         )
         .await
         {
-            Ok(last) => deleted.push(last),
+            Ok(last) => deleted.push(ctx.to_client(&last)),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
-    let list = json!({"kind": ctx.rt.list_kind, "apiVersion": ctx.rt.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted});
+    let list = json!({"kind": ctx.req_rt.list_kind, "apiVersion": ctx.req_rt.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": deleted});
     Ok(codec::json_response(StatusCode::OK, &list))
 }

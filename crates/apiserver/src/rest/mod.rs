@@ -28,8 +28,11 @@ pub use delete::delete_object;
 
 /// Everything a handler knows about one request.
 pub struct Ctx {
-    /// The resource.
+    /// The resource as stored: the row strategies, validation and storage work with.
     pub rt: &'static ResourceType,
+    /// The resource as the client speaks it (another version of `rt` when versions share
+    /// storage); bodies are checked against it and converted on the way in and out.
+    pub req_rt: &'static ResourceType,
     /// The parsed request.
     pub info: RequestInfo,
     /// Query parameters.
@@ -83,14 +86,16 @@ pub async fn handle(
     let Some(info) = request::parse(&method, path, &q) else {
         return ApiError::no_route(path).into_response();
     };
-    let Some(rt) = registry().find(&info.group, &info.version, &info.resource) else {
+    let Some(req_rt) = registry().find(&info.group, &info.version, &info.resource) else {
         return ApiError::no_route(path).into_response();
     };
+    let rt = registry().storage_row(req_rt);
     if !info.subresource.is_empty() && !rt.has_subresource(&info.subresource) {
         return ApiError::no_route(path).into_response();
     }
     let ctx = Ctx {
         rt,
+        req_rt,
         info,
         query: q,
         headers,
@@ -128,8 +133,28 @@ async fn dispatch(state: &Arc<State>, ctx: &Ctx, body: Bytes) -> Result<Response
     }
 }
 
-/// Serializes an object for a response, as a Table when the client asked for one.
+impl Ctx {
+    /// A stored object as the client's version of the resource.
+    pub fn to_client(&self, obj: &Value) -> Value {
+        api::convert::convert(obj, self.rt, self.req_rt)
+    }
+
+    /// Whether the client's version is the stored one.
+    pub fn same_version(&self) -> bool {
+        std::ptr::eq(self.rt, self.req_rt)
+    }
+}
+
+/// Serializes a stored object for a response, in the client's version, as a Table when the
+/// client asked for one.
 pub fn respond(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
+    let converted;
+    let obj = if ctx.same_version() {
+        obj
+    } else {
+        converted = ctx.to_client(obj);
+        &converted
+    };
     if codec::wants_table(&ctx.headers) {
         let include = ctx
             .query

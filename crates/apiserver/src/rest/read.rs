@@ -13,7 +13,7 @@ use super::{Ctx, respond};
 use crate::State;
 use crate::codec;
 use crate::status::{ApiError, Result};
-use crate::storage::to_object;
+use crate::storage::{to_object, with_resource_version};
 
 pub async fn get(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
     let (obj, _) = state
@@ -64,14 +64,28 @@ fn parse_continue(token: &str) -> Result<String> {
         .ok_or_else(bad)
 }
 
-/// The objects under the request's prefix that pass its selectors, at most `limit` (0 = all),
-/// starting after `start_after`; with the store revision and the last key if more remain.
-pub async fn select(
+/// Only the labels of an object: enough to run a label selector without decoding the rest.
+#[derive(serde::Deserialize)]
+struct LabelsOnly {
+    #[serde(default)]
+    metadata: MetaLabels,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct MetaLabels {
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+}
+
+/// The stored objects under the request's prefix that pass its selectors, at most `limit`
+/// (0 = all), starting after `start_after`; with the store revision, the last key if more
+/// remain, and how many remain when that is known.
+pub async fn select_raw(
     state: &State,
     ctx: &Ctx,
     start_after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<Value>, u64, Option<String>, usize)> {
+) -> Result<(Vec<store::KeyValue>, u64, Option<String>, usize)> {
     let (labels, fields) = selectors(ctx)?;
     let ns = match fields.required("metadata.namespace") {
         Some(ns) if ctx.rt.namespaced && ctx.info.namespace.is_empty() => ns.to_string(),
@@ -85,12 +99,22 @@ pub async fn select(
         .await
         .map_err(ApiError::unavailable)?;
     let unfiltered = labels.is_empty() && fields.0.is_empty();
+    let pass = |kv: &store::KeyValue| -> Result<bool> {
+        if unfiltered {
+            return Ok(true);
+        }
+        if fields.0.is_empty() {
+            let l: LabelsOnly = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+            return Ok(labels.matches_with(|k| l.metadata.labels.get(k).map(String::as_str)));
+        }
+        Ok(selected(&to_object(kv)?, &labels, &fields))
+    };
     let mut items = Vec::new();
     let mut last_key = None;
     let mut remaining = 0;
     for (i, kv) in range.kvs.iter().enumerate() {
-        let obj = to_object(kv)?;
-        if !selected(&obj, &labels, &fields) {
+        if !pass(kv)? {
             continue;
         }
         if limit != 0 && items.len() == limit {
@@ -100,9 +124,21 @@ pub async fn select(
             }
             break;
         }
-        items.push(obj);
+        items.push(kv.clone());
     }
     Ok((items, range.revision, last_key, remaining))
+}
+
+/// Like [`select_raw`], decoded.
+pub async fn select(
+    state: &State,
+    ctx: &Ctx,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Value>, u64, Option<String>, usize)> {
+    let (kvs, rev, last, remaining) = select_raw(state, ctx, start_after, limit).await?;
+    let items = kvs.iter().map(to_object).collect::<Result<Vec<_>>>()?;
+    Ok((items, rev, last, remaining))
 }
 
 pub async fn list(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
@@ -115,7 +151,7 @@ pub async fn list(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
         Some(token) => Some(parse_continue(token)?),
         None => None,
     };
-    let (items, rev, last_key, remaining) = select(state, ctx, start.as_deref(), limit).await?;
+    let (kvs, rev, last_key, remaining) = select_raw(state, ctx, start.as_deref(), limit).await?;
     let mut list_meta = json!({"resourceVersion": rev.to_string()});
     if let Some(k) = last_key {
         list_meta["continue"] = Value::from(continue_token(rev, &k));
@@ -123,26 +159,43 @@ pub async fn list(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
             list_meta["remainingItemCount"] = Value::from(remaining);
         }
     }
-    if codec::wants_table(&ctx.headers) {
-        let include = ctx
-            .query
-            .get("includeObject")
-            .map(String::as_str)
-            .unwrap_or("Metadata");
-        return Ok(codec::json_response(
-            StatusCode::OK,
-            &codec::table(ctx.rt, &items, include, list_meta),
-        ));
+    if codec::wants_table(&ctx.headers) || !ctx.same_version() {
+        let items = kvs
+            .iter()
+            .map(|kv| Ok(ctx.to_client(&to_object(kv)?)))
+            .collect::<Result<Vec<_>>>()?;
+        if codec::wants_table(&ctx.headers) {
+            let include = ctx
+                .query
+                .get("includeObject")
+                .map(String::as_str)
+                .unwrap_or("Metadata");
+            return Ok(codec::json_response(
+                StatusCode::OK,
+                &codec::table(ctx.req_rt, &items, include, list_meta),
+            ));
+        }
+        let list = json!({"kind": ctx.req_rt.list_kind, "apiVersion": ctx.req_rt.api_version(), "metadata": list_meta, "items": items});
+        return Ok(codec::json_response(StatusCode::OK, &list));
     }
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|mut o| {
-            // list items carry kind and apiVersion as stored; make sure they are set
-            o["kind"] = Value::from(ctx.rt.kind);
-            o["apiVersion"] = Value::from(ctx.rt.api_version());
-            o
-        })
-        .collect();
-    let list = json!({"kind": ctx.rt.list_kind, "apiVersion": ctx.rt.api_version(), "metadata": list_meta, "items": items});
-    Ok(codec::json_response(StatusCode::OK, &list))
+    // the list is assembled from the stored bytes: objects are not decoded and encoded again
+    let head = json!({"kind": ctx.rt.list_kind, "apiVersion": ctx.rt.api_version(), "metadata": list_meta});
+    let head = serde_json::to_vec(&head).map_err(ApiError::internal)?;
+    let mut body =
+        Vec::with_capacity(head.len() + kvs.iter().map(|kv| kv.value.len() + 32).sum::<usize>());
+    body.extend_from_slice(&head[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match with_resource_version(kv) {
+            Some(bytes) => body.extend_from_slice(&bytes),
+            None => body.extend_from_slice(
+                &serde_json::to_vec(&to_object(kv)?).map_err(ApiError::internal)?,
+            ),
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok(codec::bytes_response(StatusCode::OK, body))
 }

@@ -39,6 +39,7 @@ impl Filter {
 }
 
 struct Encoder {
+    stored: &'static api::ResourceType,
     rt: &'static api::ResourceType,
     table: bool,
     include: String,
@@ -46,6 +47,13 @@ struct Encoder {
 
 impl Encoder {
     fn event(&self, kind: &str, obj: &Value) -> Bytes {
+        let converted;
+        let obj = if kind == "ERROR" || kind == "BOOKMARK" || std::ptr::eq(self.stored, self.rt) {
+            obj
+        } else {
+            converted = api::convert::convert(obj, self.stored, self.rt);
+            &converted
+        };
         let object = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
             let rv = api::meta::meta_str(obj, "resourceVersion").unwrap_or("");
             codec::table(
@@ -100,7 +108,8 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
     };
     let filter = Filter { labels, fields };
     let encoder = Encoder {
-        rt: ctx.rt,
+        stored: ctx.rt,
+        rt: ctx.req_rt,
         table: codec::wants_table(&ctx.headers),
         include: ctx
             .query

@@ -21,7 +21,7 @@ pub(super) const PATCH_RETRIES: usize = 8;
 /// Checks that a decoded object is of the resource's kind and fields, as upstream's strict
 /// decoding does. Returns warnings for unknown fields when the client asked for `Warn`.
 fn check_object(ctx: &Ctx, obj: &mut Value) -> Result<Vec<String>> {
-    let rt = ctx.rt;
+    let rt = ctx.req_rt;
     if !obj.is_object() {
         return Err(ApiError::bad_request(
             "the body of the request must be a JSON object",
@@ -94,11 +94,16 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Decodes a request body into an object of the resource.
-fn decode(ctx: &Ctx, body: &[u8]) -> Result<(Value, Vec<String>)> {
-    let mut obj = codec::decode_as(&codec::content_type(&ctx.headers), body, Some(ctx.rt))?;
+/// Checks an object in the client's version and converts it to the stored version.
+fn to_storage(ctx: &Ctx, mut obj: Value) -> Result<(Value, Vec<String>)> {
     let warnings = check_object(ctx, &mut obj)?;
-    Ok((obj, warnings))
+    Ok((api::convert::convert(&obj, ctx.req_rt, ctx.rt), warnings))
+}
+
+/// Decodes a request body into an object of the resource, in the stored version.
+fn decode(ctx: &Ctx, body: &[u8]) -> Result<(Value, Vec<String>)> {
+    let obj = codec::decode_as(&codec::content_type(&ctx.headers), body, Some(ctx.req_rt))?;
+    to_storage(ctx, obj)
 }
 
 pub async fn create(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
@@ -374,8 +379,13 @@ pub async fn patch(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
             .storage
             .get(ctx.rt, ctx.namespace(), &ctx.info.name)
             .await?;
-        let mut patched = apply_patch(&media, &current, body, &ctx.rt.schema_name)?;
-        let warnings = check_object(ctx, &mut patched)?;
+        let patched = apply_patch(
+            &media,
+            &ctx.to_client(&current),
+            body,
+            &ctx.req_rt.schema_name,
+        )?;
+        let (patched, warnings) = to_storage(ctx, patched)?;
         if let Some(wanted) = revision_of(&patched)?
             && wanted != rev
         {
@@ -414,8 +424,8 @@ async fn apply(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
         ));
     };
-    let mut config = codec::decode("application/yaml", body)?;
-    let warnings = check_object(ctx, &mut config)?;
+    let config = codec::decode("application/yaml", body)?;
+    let (config, warnings) = to_storage(ctx, config)?;
     if meta::name(&config) != ctx.info.name {
         return Err(ApiError::bad_request(
             "metadata.name: the name of the object does not match the name on the URL",
