@@ -1,6 +1,6 @@
-//! Discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`), `/version`, and the OpenAPI
-//! endpoints, all derived from the registry. Clients that ask for aggregated discovery get the
-//! legacy documents with `application/json`, and fall back to them, as upstream clients do.
+//! Discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) and `/version`, derived from
+//! the registry. `/api` and `/apis` also serve aggregated discovery (`apidiscovery.k8s.io/v2`),
+//! which kubectl asks for first: every group, version and resource in one response.
 
 use serde_json::{Value, json};
 
@@ -71,8 +71,21 @@ pub fn group(name: &str) -> Option<Value> {
     Some(g)
 }
 
-fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
-    let (kind, group, version, verbs): (&str, &str, &str, &[&str]) = match sub {
+/// The media type of aggregated discovery responses.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// What a subresource returns and which verbs it serves: (kind, group, version, verbs); empty
+/// group and version mean those of the resource.
+fn subresource_shape(
+    r: &ResourceType,
+    sub: &str,
+) -> (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+) {
+    match sub {
         "status" => (r.kind, "", "", &["get", "patch", "update"]),
         "scale" => ("Scale", "autoscaling", "v1", &["get", "patch", "update"]),
         "binding" => ("Binding", "", "", &["create"]),
@@ -94,7 +107,11 @@ fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
         "token" => ("TokenRequest", "authentication.k8s.io", "v1", &["create"]),
         "finalize" => ("Namespace", "", "", &["update"]),
         _ => (r.kind, "", "", &["get"]),
-    };
+    }
+}
+
+fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
+    let (kind, group, version, verbs) = subresource_shape(r, sub);
     let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
     if !group.is_empty() {
         e["group"] = json!(group);
@@ -141,4 +158,66 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     )
+}
+
+fn aggregated_resource(r: &ResourceType) -> Value {
+    let subresources: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|sub| {
+            let (kind, group, version, verbs) = subresource_shape(r, sub);
+            let (group, version) = if kind == "Scale" || kind == "Eviction" || kind == "TokenRequest" { (group, version) } else { (r.group, r.version) };
+            json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
+        })
+        .collect();
+    let mut e = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular(),
+        "verbs": ALL_VERBS,
+    });
+    if !r.short_names.is_empty() {
+        e["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        e["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        e["subresources"] = json!(subresources);
+    }
+    e
+}
+
+/// Aggregated discovery of the core group (`/api`) or of the named groups (`/apis`).
+pub fn aggregated(core: bool) -> Value {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (g, v) in registry().group_versions() {
+        if g.is_empty() != core {
+            continue;
+        }
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((g, vec![v])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = registry()
+                        .resources
+                        .iter()
+                        .filter(|r| r.group == *g && r.version == *v)
+                        .map(aggregated_resource)
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

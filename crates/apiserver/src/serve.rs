@@ -240,6 +240,22 @@ async fn route(
     if parts.method == Method::GET {
         static V2: OnceLock<Bytes> = OnceLock::new();
         static V3: OnceLock<Bytes> = OnceLock::new();
+        let accept = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("");
+        let wants_aggregated = accept.split(',').next().is_some_and(|first| {
+            first.contains("as=APIGroupDiscoveryList") && first.contains("v=v2;")
+        });
+        if wants_aggregated && matches!(segments.as_slice(), ["api"] | ["apis"]) {
+            let doc = discovery::aggregated(segments == ["api"]);
+            let body = serde_json::to_vec(&doc).unwrap_or_default();
+            return Response::builder()
+                .header(header::CONTENT_TYPE, discovery::AGGREGATED)
+                .body(Body::from(body))
+                .unwrap_or_default();
+        }
         match segments.as_slice() {
             ["api"] => {
                 return codec::json_response(
