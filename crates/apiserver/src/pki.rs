@@ -111,18 +111,7 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        validity(&mut params, 365);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.leaf(params, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// Issues a client certificate for `user` in `groups`.
@@ -132,7 +121,16 @@ impl Pki {
         for g in groups {
             params.distinguished_name.push(DnType::OrganizationName, *g);
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.leaf(params, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// Signs a one-year leaf certificate for one usage with a new key.
+    fn leaf(
+        &self,
+        mut params: CertificateParams,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued> {
+        params.extended_key_usages = vec![usage];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

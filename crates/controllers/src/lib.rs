@@ -62,6 +62,19 @@ pub fn start(client: kube::Client, ca_pem: String) -> tokio::task::JoinHandle<an
     })
 }
 
+/// Creates an object in a namespace, accepting that it already exists or that the namespace
+/// has begun terminating meanwhile (the next reconcile sees the new state).
+pub(crate) async fn create_in_namespace<K>(api: &kube::Api<K>, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&kube::api::PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 403 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Drives a controller's result stream, logging failures.
 pub(crate) async fn drive<S, T, E>(name: &'static str, stream: S)
 where

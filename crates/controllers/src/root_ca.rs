@@ -40,11 +40,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
                 data: Some(want),
                 ..Default::default()
             };
-            match maps.create(&PostParams::default(), &cm).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 403 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::create_in_namespace(&maps, &cm).await?;
         }
     }
     Ok(Action::await_change())

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -25,11 +25,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
             },
             ..Default::default()
         };
-        match accounts.create(&PostParams::default(), &sa).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 403 => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::create_in_namespace(&accounts, &sa).await?;
     }
     Ok(Action::await_change())
 }

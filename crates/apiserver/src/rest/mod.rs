@@ -139,6 +139,14 @@ impl Ctx {
         api::convert::convert(obj, self.rt, self.req_rt)
     }
 
+    /// What table rows carry (`includeObject`: None, Metadata or Object).
+    pub fn include_object(&self) -> &str {
+        self.query
+            .get("includeObject")
+            .map(String::as_str)
+            .unwrap_or("Metadata")
+    }
+
     /// Whether the client's version is the stored one.
     pub fn same_version(&self) -> bool {
         std::ptr::eq(self.rt, self.req_rt)
@@ -156,11 +164,7 @@ pub fn respond(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
         &converted
     };
     if codec::wants_table(&ctx.headers) {
-        let include = ctx
-            .query
-            .get("includeObject")
-            .map(String::as_str)
-            .unwrap_or("Metadata");
+        let include = ctx.include_object();
         let list_meta = serde_json::json!({"resourceVersion": meta::meta_str(obj, "resourceVersion").unwrap_or("")});
         return codec::json_response(
             code,

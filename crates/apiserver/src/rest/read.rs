@@ -165,11 +165,7 @@ pub async fn list(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
             .map(|kv| Ok(ctx.to_client(&to_object(kv)?)))
             .collect::<Result<Vec<_>>>()?;
         if codec::wants_table(&ctx.headers) {
-            let include = ctx
-                .query
-                .get("includeObject")
-                .map(String::as_str)
-                .unwrap_or("Metadata");
+            let include = ctx.include_object();
             return Ok(codec::json_response(
                 StatusCode::OK,
                 &codec::table(ctx.req_rt, &items, include, list_meta),

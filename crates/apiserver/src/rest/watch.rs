@@ -111,11 +111,7 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
         stored: ctx.rt,
         rt: ctx.req_rt,
         table: codec::wants_table(&ctx.headers),
-        include: ctx
-            .query
-            .get("includeObject")
-            .cloned()
-            .unwrap_or_else(|| "Metadata".into()),
+        include: ctx.include_object().to_string(),
     };
     let timeout = ctx
         .query

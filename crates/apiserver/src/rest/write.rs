@@ -292,6 +292,26 @@ pub(super) async fn store_update(
     Ok(stored)
 }
 
+/// Stores the result of a patch or apply computed on `current`; `None` when the object changed
+/// meanwhile and the patch must be computed again.
+async fn commit(
+    state: &State,
+    ctx: &Ctx,
+    current: &Value,
+    rev: u64,
+    new: Value,
+    warnings: &[String],
+) -> Result<Option<Response>> {
+    match store_update(state, ctx, current, rev, new).await {
+        Ok(stored) => Ok(Some(with_warnings(
+            respond(ctx, StatusCode::OK, &stored),
+            warnings,
+        ))),
+        Err(e) if e.code == 409 && e.reason == "Conflict" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn update(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
     let (new, warnings) = decode(ctx, body)?;
     let name = meta::name(&new);
@@ -397,15 +417,8 @@ pub async fn patch(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
             ));
         }
         let new = prepare_update(ctx, &current, patched, "Update")?;
-        match store_update(state, ctx, &current, rev, new).await {
-            Ok(stored) => {
-                return Ok(with_warnings(
-                    respond(ctx, StatusCode::OK, &stored),
-                    &warnings,
-                ));
-            }
-            Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
-            Err(e) => return Err(e),
+        if let Some(resp) = commit(state, ctx, &current, rev, new, &warnings).await? {
+            return Ok(resp);
         }
     }
     Err(ApiError::conflict(ctx.rt, &ctx.info.name))
@@ -470,15 +483,8 @@ async fn apply(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
             details: Some(json!({"causes": conflicts.causes()})),
         })?;
         let new = prepare_update(ctx, &current, merged, "Apply")?;
-        match store_update(state, ctx, &current, rev, new).await {
-            Ok(stored) => {
-                return Ok(with_warnings(
-                    respond(ctx, StatusCode::OK, &stored),
-                    &warnings,
-                ));
-            }
-            Err(e) if e.code == 409 && e.reason == "Conflict" => continue,
-            Err(e) => return Err(e),
+        if let Some(resp) = commit(state, ctx, &current, rev, new, &warnings).await? {
+            return Ok(resp);
         }
     }
     Err(ApiError::conflict(ctx.rt, &ctx.info.name))
