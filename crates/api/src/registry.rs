@@ -60,6 +60,8 @@ pub struct ResourceType {
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// Decodes a JSON object into the typed struct, to catch values of the wrong type.
     pub decode: fn(&Value) -> Result<(), String>,
+    /// The verbs the resource serves.
+    pub verbs: &'static [&'static str],
     /// The `apiVersion` whose row stores this resource, when another version does (objects are
     /// converted on the way in and out, see [`crate::convert`]).
     pub stored_as: Option<&'static str>,
@@ -94,8 +96,37 @@ impl ResourceType {
             schema_name: K::schema_name().into_owned(),
             schema: |generator| generator.subschema_for::<K>(),
             decode: |v| K::deserialize(v).map(|_| ()).map_err(|e| e.to_string()),
+            verbs: ALL_VERBS,
             stored_as: None,
         }
+    }
+
+    /// A resource that is only ever created and answered, never stored (reviews).
+    fn create_only<K>(namespaced: bool) -> Self
+    where
+        K: Resource + JsonSchema + DeserializeOwned,
+    {
+        Self {
+            group: K::GROUP,
+            version: K::VERSION,
+            kind: K::KIND,
+            list_kind: "",
+            plural: K::URL_PATH_SEGMENT,
+            namespaced,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+            schema_name: K::schema_name().into_owned(),
+            schema: |generator| generator.subschema_for::<K>(),
+            decode: |v| K::deserialize(v).map(|_| ()).map_err(|e| e.to_string()),
+            verbs: &["create"],
+            stored_as: None,
+        }
+    }
+
+    /// Whether objects of this resource are stored (reviews are not).
+    pub fn is_stored(&self) -> bool {
+        self.verbs.len() > 1
     }
 
     fn stored_as(mut self, api_version: &'static str) -> Self {
@@ -212,11 +243,11 @@ pub fn registry() -> &'static Registry {
 
 fn build() -> Registry {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling,
-        batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
-        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-        storage::v1 as storage,
+        apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+        autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling, batch::v1 as batch,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+        scheduling::v1 as scheduling, storage::v1 as storage,
     };
     const ALL: &[&str] = &["all"];
     const NONE: &[&str] = &[];
@@ -272,6 +303,12 @@ fn build() -> Registry {
         ResourceType::of::<storage::StorageClass>(&["sc"], NONE, NONE),
         ResourceType::of::<scheduling::PriorityClass>(&["pc"], NONE, NONE),
         ResourceType::of::<events::Event>(&["ev"], NONE, NONE).stored_as("v1"),
+        ResourceType::create_only::<authentication::SelfSubjectReview>(false),
+        ResourceType::create_only::<authentication::TokenReview>(false),
+        ResourceType::create_only::<authorization::SelfSubjectAccessReview>(false),
+        ResourceType::create_only::<authorization::SelfSubjectRulesReview>(false),
+        ResourceType::create_only::<authorization::SubjectAccessReview>(false),
+        ResourceType::create_only::<authorization::LocalSubjectAccessReview>(true),
     ];
     Registry { resources }
 }

@@ -45,3 +45,88 @@ impl UserInfo {
         Some(Self { name, groups })
     }
 }
+
+/// The user of a service account token, if the token verifies and its service account still
+/// exists (with the same uid).
+pub async fn from_token(state: &crate::State, token: &str) -> Option<UserInfo> {
+    let claims = state.tokens.verify(token)?;
+    let rt = api::registry().find("", "v1", "serviceaccounts")?;
+    let (sa, _) = state
+        .storage
+        .get(rt, &claims.namespace, &claims.name)
+        .await
+        .ok()?;
+    if api::meta::meta_str(&sa, "uid") != Some(claims.uid.as_str()) {
+        return None;
+    }
+    Some(UserInfo {
+        name: format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{}", claims.namespace),
+            "system:authenticated".into(),
+        ],
+    })
+}
+
+/// Applies `Impersonate-User` / `Impersonate-Group` headers: the requester must be allowed to
+/// impersonate each; the request then runs as the impersonated user.
+pub async fn impersonate(
+    state: &crate::State,
+    user: UserInfo,
+    headers: &http::HeaderMap,
+) -> Result<UserInfo, crate::status::ApiError> {
+    let Some(target) = headers
+        .get("Impersonate-User")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(user);
+    };
+    let mut checks = Vec::new();
+    match target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, name)) => checks.push(crate::authz::Attributes {
+            verb: "impersonate".into(),
+            resource: "serviceaccounts".into(),
+            namespace: ns.into(),
+            name: name.into(),
+            ..Default::default()
+        }),
+        None => checks.push(crate::authz::Attributes {
+            verb: "impersonate".into(),
+            resource: "users".into(),
+            name: target.into(),
+            ..Default::default()
+        }),
+    }
+    let mut groups: Vec<String> = headers
+        .get_all("Impersonate-Group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    for g in &groups {
+        checks.push(crate::authz::Attributes {
+            verb: "impersonate".into(),
+            resource: "groups".into(),
+            name: g.clone(),
+            ..Default::default()
+        });
+    }
+    for a in &checks {
+        crate::authz::authorize(&state.storage, &user, a).await?;
+    }
+    if let Some((ns, _)) = target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups.push("system:authenticated".into());
+    Ok(UserInfo {
+        name: target.to_string(),
+        groups,
+    })
+}

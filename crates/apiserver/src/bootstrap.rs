@@ -1,8 +1,8 @@
-//! What the API server creates for itself at start: the system namespaces, as upstream's
-//! apiserver does.
+//! What the API server creates for itself at start, as upstream's apiserver does: the system
+//! namespaces and the default RBAC policy (roles, aggregated roles, bindings).
 
 use anyhow::Result;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use api::{meta, registry};
 
@@ -31,6 +31,414 @@ pub async fn system_namespaces(storage: &Storage) -> Result<()> {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(e) => anyhow::bail!("cannot create namespace {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+fn urls(paths: &[&str], verbs: &[&str]) -> Value {
+    json!({"nonResourceURLs": paths, "verbs": verbs})
+}
+
+fn aggregate_to_view() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &[
+                "pods",
+                "pods/log",
+                "pods/status",
+                "configmaps",
+                "endpoints",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "replicationcontrollers/status",
+                "serviceaccounts",
+                "services",
+                "services/status",
+                "bindings",
+                "events",
+                "limitranges",
+                "namespaces",
+                "namespaces/status",
+                "resourcequotas",
+                "resourcequotas/status",
+            ],
+            READ,
+        ),
+        rule(
+            &["apps"],
+            &[
+                "controllerrevisions",
+                "daemonsets",
+                "daemonsets/status",
+                "deployments",
+                "deployments/scale",
+                "deployments/status",
+                "replicasets",
+                "replicasets/scale",
+                "replicasets/status",
+                "statefulsets",
+                "statefulsets/scale",
+                "statefulsets/status",
+            ],
+            READ,
+        ),
+        rule(
+            &["autoscaling"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
+            READ,
+        ),
+        rule(
+            &["batch"],
+            &["cronjobs", "cronjobs/status", "jobs", "jobs/status"],
+            READ,
+        ),
+        rule(
+            &["policy"],
+            &["poddisruptionbudgets", "poddisruptionbudgets/status"],
+            READ,
+        ),
+        rule(
+            &["networking.k8s.io"],
+            &["ingresses", "ingresses/status", "networkpolicies"],
+            READ,
+        ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&["events.k8s.io"], &["events"], READ),
+        rule(&["metrics.k8s.io"], &["pods", "nodes"], READ),
+    ]
+}
+
+fn aggregate_to_edit() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &[
+                "pods",
+                "pods/attach",
+                "pods/exec",
+                "pods/portforward",
+                "pods/proxy",
+                "configmaps",
+                "events",
+                "persistentvolumeclaims",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "secrets",
+                "serviceaccounts",
+                "services",
+                "services/proxy",
+            ],
+            WRITE,
+        ),
+        rule(
+            &[""],
+            &[
+                "pods/attach",
+                "pods/exec",
+                "pods/portforward",
+                "pods/proxy",
+                "secrets",
+                "services/proxy",
+            ],
+            READ,
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&[""], &["serviceaccounts"], &["impersonate"]),
+        rule(
+            &["apps"],
+            &[
+                "daemonsets",
+                "deployments",
+                "deployments/rollback",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/scale",
+                "statefulsets",
+                "statefulsets/scale",
+            ],
+            WRITE,
+        ),
+        rule(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
+        rule(&["batch"], &["cronjobs", "jobs"], WRITE),
+        rule(&["policy"], &["poddisruptionbudgets"], WRITE),
+        rule(
+            &["networking.k8s.io"],
+            &["ingresses", "networkpolicies"],
+            WRITE,
+        ),
+    ]
+}
+
+fn aggregate_to_admin() -> Vec<Value> {
+    vec![
+        rule(
+            &["authorization.k8s.io"],
+            &["localsubjectaccessreviews"],
+            &["create"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings", "roles"],
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+        ),
+    ]
+}
+
+fn cluster_role(
+    name: &str,
+    labels: Value,
+    rules: Vec<Value>,
+    aggregate_from: Option<&str>,
+) -> Value {
+    let mut labels = labels;
+    labels["kubernetes.io/bootstrapping"] = json!("rbac-defaults");
+    let mut role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+        "rules": rules,
+    });
+    if let Some(label) = aggregate_from {
+        role["aggregationRule"] =
+            json!({"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]});
+    }
+    role
+}
+
+fn cluster_binding(name: &str, role: &str, subjects: Value) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
+    })
+}
+
+fn group(name: &str) -> Value {
+    json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name})
+}
+
+fn user(name: &str) -> Value {
+    json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name})
+}
+
+/// The default roles and bindings of upstream's bootstrap policy (those bosun serves).
+fn default_policy() -> (Vec<Value>, Vec<Value>) {
+    const AGG: &str = "rbac.authorization.k8s.io/aggregate-to-";
+    let view_rules = aggregate_to_view();
+    let mut edit_rules = aggregate_to_edit();
+    edit_rules.extend(view_rules.clone());
+    let mut admin_rules = aggregate_to_admin();
+    admin_rules.extend(edit_rules.clone());
+    let roles = vec![
+        cluster_role(
+            "cluster-admin",
+            json!({}),
+            vec![rule(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])],
+            None,
+        ),
+        cluster_role(
+            "admin",
+            json!({}),
+            admin_rules,
+            Some(&format!("{AGG}admin")),
+        ),
+        cluster_role(
+            "edit",
+            json!({format!("{AGG}admin"): "true"}),
+            edit_rules,
+            Some(&format!("{AGG}edit")),
+        ),
+        cluster_role(
+            "view",
+            json!({format!("{AGG}edit"): "true"}),
+            view_rules.clone(),
+            Some(&format!("{AGG}view")),
+        ),
+        cluster_role(
+            "system:aggregate-to-admin",
+            json!({format!("{AGG}admin"): "true"}),
+            aggregate_to_admin(),
+            None,
+        ),
+        cluster_role(
+            "system:aggregate-to-edit",
+            json!({format!("{AGG}edit"): "true"}),
+            aggregate_to_edit(),
+            None,
+        ),
+        cluster_role(
+            "system:aggregate-to-view",
+            json!({format!("{AGG}view"): "true"}),
+            view_rules,
+            None,
+        ),
+        cluster_role(
+            "system:discovery",
+            json!({}),
+            vec![urls(
+                &[
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/readyz",
+                    "/openapi",
+                    "/openapi/*",
+                    "/version",
+                    "/version/",
+                ],
+                &["get"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:public-info-viewer",
+            json!({}),
+            vec![urls(
+                &["/healthz", "/livez", "/readyz", "/version", "/version/"],
+                &["get"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:basic-user",
+            json!({}),
+            vec![
+                rule(
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    &["create"],
+                ),
+                rule(
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                    &["create"],
+                ),
+            ],
+            None,
+        ),
+        // the control plane's own controllers: they read everything and manage namespaced content
+        cluster_role(
+            "system:kube-controller-manager",
+            json!({}),
+            vec![rule(
+                &["*"],
+                &["*"],
+                &[
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "update",
+                    "patch",
+                    "delete",
+                    "deletecollection",
+                ],
+            )],
+            None,
+        ),
+    ];
+    let bindings = vec![
+        cluster_binding(
+            "cluster-admin",
+            "cluster-admin",
+            json!([group("system:masters")]),
+        ),
+        cluster_binding(
+            "system:discovery",
+            "system:discovery",
+            json!([group("system:authenticated")]),
+        ),
+        cluster_binding(
+            "system:basic-user",
+            "system:basic-user",
+            json!([group("system:authenticated")]),
+        ),
+        cluster_binding(
+            "system:public-info-viewer",
+            "system:public-info-viewer",
+            json!([
+                group("system:authenticated"),
+                group("system:unauthenticated")
+            ]),
+        ),
+        cluster_binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            json!([user("system:kube-controller-manager")]),
+        ),
+    ];
+    (roles, bindings)
+}
+
+/// Creates the default roles and bindings, and brings those marked for auto-update back to the
+/// default, as upstream reconciles its bootstrap policy at start.
+pub async fn rbac(storage: &Storage) -> Result<()> {
+    let (roles, bindings) = default_policy();
+    for (plural, objects) in [("clusterroles", roles), ("clusterrolebindings", bindings)] {
+        let rt = registry()
+            .find("rbac.authorization.k8s.io", "v1", plural)
+            .ok_or_else(|| anyhow::anyhow!("{plural} are not registered"))?;
+        for mut obj in objects {
+            let name = meta::name(&obj).to_string();
+            match storage.get(rt, "", &name).await {
+                Ok((current, rev)) => {
+                    let auto = meta::lookup(&current, "metadata.annotations")
+                        .and_then(|a| a.get("rbac.authorization.kubernetes.io/autoupdate"))
+                        == Some(&json!("true"));
+                    let drifted = ["rules", "subjects", "roleRef", "aggregationRule"]
+                        .iter()
+                        .any(|k| current.get(*k) != obj.get(*k));
+                    if auto && drifted {
+                        let mut updated = current.clone();
+                        for k in ["rules", "subjects", "roleRef", "aggregationRule"] {
+                            if let Some(v) = obj.get(k) {
+                                updated[k] = v.clone();
+                            }
+                        }
+                        storage.update(rt, updated, rev).await.map_err(|e| {
+                            anyhow::anyhow!("cannot reconcile {plural}/{name}: {e}")
+                        })?;
+                    }
+                }
+                Err(_) => {
+                    meta::set_meta(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));
+                    meta::set_meta(&mut obj, "creationTimestamp", json!(meta::now_timestamp()));
+                    api::strategy::prepare_for_create(rt, &mut obj);
+                    match storage.create(rt, obj).await {
+                        Ok(_) => {}
+                        Err(e) if e.reason == "AlreadyExists" => {}
+                        Err(e) => anyhow::bail!("cannot create {plural}/{name}: {e}"),
+                    }
+                }
+            }
         }
     }
     Ok(())

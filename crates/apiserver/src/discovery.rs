@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use api::registry::{ALL_VERBS, ResourceType, registry};
+use api::registry::{ResourceType, registry};
 
 /// The Kubernetes version bosun serves.
 pub fn version() -> Value {
@@ -137,7 +137,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular(),
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": ALL_VERBS,
+            "verbs": r.verbs,
         });
         if !r.short_names.is_empty() {
             e["shortNames"] = json!(r.short_names);
@@ -175,7 +175,7 @@ fn aggregated_resource(r: &ResourceType) -> Value {
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular(),
-        "verbs": ALL_VERBS,
+        "verbs": r.verbs,
     });
     if !r.short_names.is_empty() {
         e["shortNames"] = json!(r.short_names);

@@ -1,13 +1,15 @@
 //! The Kubernetes API server: HTTPS with client-certificate authentication, discovery, OpenAPI,
 //! and the generic REST handlers over the revisioned store.
 //!
-//! A request flows: TLS accept (the client certificate names the user) -> [`serve`] (health,
-//! discovery and OpenAPI paths, or else authentication is required) -> [`rest`] (verb dispatch,
+//! A request flows: TLS accept (a client certificate names the user) -> [`serve`] (health and
+//! version are public; otherwise [`authn`]: certificate or service account token, then
+//! impersonation) -> [`authz`] (RBAC) -> discovery and OpenAPI, or [`rest`] (verb dispatch,
 //! strategy, [`admission`], validation) -> [`storage`] -> the `store` backend. Only this crate
 //! knows HTTP.
 
 pub mod admission;
 pub mod authn;
+pub mod authz;
 pub mod codec;
 pub mod discovery;
 pub mod pki;
@@ -16,6 +18,7 @@ pub mod request;
 pub mod rest;
 pub mod status;
 pub mod storage;
+pub mod tokens;
 
 mod bootstrap;
 mod serve;
@@ -45,6 +48,8 @@ pub struct State {
     pub storage: storage::Storage,
     /// The URL clients reach the server at.
     pub server_url: String,
+    /// Signs and verifies service account tokens.
+    pub tokens: tokens::TokenIssuer,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates
@@ -65,5 +70,6 @@ pub async fn start(config: Config) -> Result<Running> {
         backend: Arc::new(backend),
     };
     bootstrap::system_namespaces(&storage).await?;
+    bootstrap::rbac(&storage).await?;
     serve::serve(config, storage).await
 }

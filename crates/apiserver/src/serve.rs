@@ -118,9 +118,11 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
         pki::kubeconfig(&url, &pki.ca_pem, "admin", &admin).as_bytes(),
     )?;
 
+    let tokens = crate::tokens::TokenIssuer::load_or_create(pki.dir())?;
     let state = Arc::new(State {
         storage,
         server_url: url.clone(),
+        tokens,
     });
     let app = axum::Router::new().fallback(route).with_state(state);
     let task = tokio::spawn(async move {
@@ -227,16 +229,38 @@ async fn route(
         _ => {}
     }
     let identity = parts.extensions.get::<Identity>().and_then(|i| i.0.clone());
-    let has_token = parts.headers.contains_key(header::AUTHORIZATION);
-    let user = match identity {
-        Some(u) if !has_token => u,
-        _ => return ApiError::unauthorized().into_response(),
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    let user = match (bearer, identity) {
+        (Some(token), _) => crate::authn::from_token(&state, &token).await,
+        (None, identity) => identity,
+    };
+    let Some(user) = user else {
+        return ApiError::unauthorized().into_response();
+    };
+    let user = match crate::authn::impersonate(&state, user, &parts.headers).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
     };
     let json = |v: Option<Value>| match v {
         Some(v) => codec::json_response(StatusCode::OK, &v),
         None => ApiError::no_route(&path).into_response(),
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resource_path = crate::request::parse(&parts.method, &path, &HashMap::new()).is_some();
+    if !resource_path {
+        let attrs = crate::authz::Attributes {
+            verb: parts.method.as_str().to_ascii_lowercase(),
+            path: path.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = crate::authz::authorize(&state.storage, &user, &attrs).await {
+            return e.into_response();
+        }
+    }
     if parts.method == Method::GET {
         static V2: OnceLock<Bytes> = OnceLock::new();
         static V3: OnceLock<Bytes> = OnceLock::new();

@@ -20,7 +20,11 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
     }
     let name = ns.metadata.name.clone().unwrap_or_default();
     let mut remaining = 0;
-    for rt in api::registry().resources.iter().filter(|r| r.namespaced) {
+    for rt in api::registry()
+        .resources
+        .iter()
+        .filter(|r| r.namespaced && r.is_stored() && r.stored_as.is_none())
+    {
         let ar = ApiResource {
             group: rt.group.to_string(),
             version: rt.version.to_string(),

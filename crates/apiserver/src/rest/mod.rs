@@ -4,6 +4,7 @@
 
 mod delete;
 mod read;
+mod review;
 mod scale;
 mod watch;
 mod write;
@@ -101,6 +102,23 @@ pub async fn handle(
         headers,
         user,
     };
+    let namespace = if rt.group.is_empty() && rt.plural == "namespaces" {
+        ctx.info.name.clone()
+    } else {
+        ctx.info.namespace.clone()
+    };
+    let attrs = crate::authz::Attributes {
+        verb: ctx.info.verb.to_string(),
+        group: req_rt.group.to_string(),
+        resource: req_rt.plural.to_string(),
+        subresource: ctx.info.subresource.clone(),
+        namespace,
+        name: ctx.info.name.clone(),
+        path: String::new(),
+    };
+    if let Err(e) = crate::authz::authorize(&state.storage, &ctx.user, &attrs).await {
+        return e.into_response();
+    }
     match dispatch(&state, &ctx, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -118,7 +136,14 @@ async fn dispatch(state: &Arc<State>, ctx: &Ctx, body: Bytes) -> Result<Response
             ctx.rt.plural
         )));
     }
+    if !ctx.rt.is_stored() {
+        return match ctx.info.verb {
+            "create" => review::create(state, ctx, &body).await,
+            verb => Err(ApiError::method_not_supported(ctx.rt, verb)),
+        };
+    }
     match (ctx.info.verb, sub) {
+        ("create", "token") => review::token(state, ctx, &body).await,
         ("get", "" | "status") => read::get(state, ctx).await,
         ("list", _) => read::list(state, ctx).await,
         ("watch", _) => watch::watch(state, ctx).await,
