@@ -1,6 +1,8 @@
-//! Authentication: who sent a request. A client certificate signed by the cluster CA names the
-//! user (CN) and groups (O), as upstream's x509 authenticator reads it. A request with no
-//! credentials is anonymous; one with credentials that do not check out is refused (401).
+//! Authentication: who sent a request, as upstream's authenticators decide it. A client
+//! certificate signed by the cluster CA names the user (CN) and groups (O); a bearer token is
+//! looked up in the static token file, else verified as a service account token. A request with
+//! no credentials is anonymous (`system:anonymous`, unless anonymous auth is off); one with
+//! credentials that do not check out is refused (401).
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -16,6 +18,7 @@ pub struct UserInfo {
 impl UserInfo {
     /// The anonymous user.
     pub fn anonymous() -> Self {
+        // upstream's anonymous user is in system:unauthenticated only
         Self {
             name: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
@@ -44,6 +47,58 @@ impl UserInfo {
         groups.push("system:authenticated".into());
         Some(Self { name, groups })
     }
+}
+
+/// Reads a static token file (`--token-auth-file`): CSV lines `token,user,uid[,"group1,group2"]`.
+pub fn read_token_file(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::HashMap<String, UserInfo>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+    let mut out = std::collections::HashMap::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    {
+        let mut parts = line.splitn(4, ',');
+        let (Some(token), Some(user), Some(_uid)) = (parts.next(), parts.next(), parts.next())
+        else {
+            anyhow::bail!(
+                "{}:{}: expected token,user,uid[,groups]",
+                path.display(),
+                n + 1
+            );
+        };
+        let mut groups: Vec<String> = parts
+            .next()
+            .map(|g| {
+                g.trim()
+                    .trim_matches('"')
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        groups.push("system:authenticated".into());
+        out.insert(
+            token.trim().to_string(),
+            UserInfo {
+                name: user.trim().to_string(),
+                groups,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The user of a bearer token: from the static token file, else a service account token.
+pub async fn from_bearer(state: &crate::State, token: &str) -> Option<UserInfo> {
+    if let Some(user) = state.static_tokens.get(token) {
+        return Some(user.clone());
+    }
+    from_token(state, token).await
 }
 
 /// The user of a service account token, if the token verifies and its service account still

@@ -135,14 +135,12 @@ fn cluster_role_rules(role: &Value, all: &[Value]) -> Vec<Value> {
 
 const RBAC: &str = "rbac.authorization.k8s.io";
 
-/// Whether the user may do what the attributes describe.
-pub async fn allowed(storage: &Storage, user: &UserInfo, a: &Attributes) -> Result<bool> {
-    if user.groups.iter().any(|g| g == "system:masters") {
-        return Ok(true);
-    }
+/// The rules that apply to the user in a namespace ("" for cluster-wide rules only): those of
+/// every ClusterRoleBinding and, in the namespace, every RoleBinding naming the user.
+pub async fn rules_for(storage: &Storage, user: &UserInfo, namespace: &str) -> Result<Vec<Value>> {
     let cluster_roles = objects(storage, RBAC, "clusterroles", "").await?;
     let role_named = |name: &str| cluster_roles.iter().find(|r| api::meta::name(r) == name);
-    let allows = |rules: &[Value]| rules.iter().any(|r| rule_allows(r, a));
+    let mut rules = Vec::new();
     for binding in objects(storage, RBAC, "clusterrolebindings", "").await? {
         let subjects = binding
             .get("subjects")
@@ -157,26 +155,21 @@ pub async fn allowed(storage: &Storage, user: &UserInfo, a: &Attributes) -> Resu
             .and_then(|r| r.get("name"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        if let Some(role) = role_named(role)
-            && allows(&cluster_role_rules(role, &cluster_roles))
-        {
-            return Ok(true);
+        if let Some(role) = role_named(role) {
+            rules.extend(cluster_role_rules(role, &cluster_roles));
         }
     }
-    if a.namespace.is_empty() {
-        return Ok(false);
+    if namespace.is_empty() {
+        return Ok(rules);
     }
-    let roles = objects(storage, RBAC, "roles", &a.namespace).await?;
-    for binding in objects(storage, RBAC, "rolebindings", &a.namespace).await? {
+    let roles = objects(storage, RBAC, "roles", namespace).await?;
+    for binding in objects(storage, RBAC, "rolebindings", namespace).await? {
         let subjects = binding
             .get("subjects")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        if !subjects
-            .iter()
-            .any(|s| subject_matches(s, user, &a.namespace))
-        {
+        if !subjects.iter().any(|s| subject_matches(s, user, namespace)) {
             continue;
         }
         let role_ref = binding.get("roleRef");
@@ -188,20 +181,184 @@ pub async fn allowed(storage: &Storage, user: &UserInfo, a: &Attributes) -> Resu
             .and_then(|r| r.get("name"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let rules = match kind {
-            "ClusterRole" => role_named(name).map(|r| cluster_role_rules(r, &cluster_roles)),
-            _ => roles
-                .iter()
-                .find(|r| api::meta::name(r) == name)
-                .and_then(|r| r.get("rules"))
-                .and_then(Value::as_array)
-                .cloned(),
-        };
-        if rules.is_some_and(|r| allows(&r)) {
-            return Ok(true);
+        match kind {
+            "ClusterRole" => {
+                if let Some(r) = role_named(name) {
+                    rules.extend(cluster_role_rules(r, &cluster_roles));
+                }
+            }
+            _ => {
+                let found = roles
+                    .iter()
+                    .find(|r| api::meta::name(r) == name)
+                    .and_then(|r| r.get("rules"))
+                    .and_then(Value::as_array);
+                rules.extend(found.cloned().unwrap_or_default());
+            }
         }
     }
-    Ok(false)
+    Ok(rules)
+}
+
+/// Whether the user may do what the attributes describe.
+pub async fn allowed(storage: &Storage, user: &UserInfo, a: &Attributes) -> Result<bool> {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return Ok(true);
+    }
+    Ok(rules_for(storage, user, &a.namespace)
+        .await?
+        .iter()
+        .any(|r| rule_allows(r, a)))
+}
+
+/// The requests a rule grants, one per group, resource, verb and name (or URL and verb).
+fn expand(rule: &Value, namespace: &str) -> Vec<Attributes> {
+    let mut out = Vec::new();
+    let verbs = strings(rule.get("verbs"));
+    for url in strings(rule.get("nonResourceURLs")) {
+        for v in &verbs {
+            out.push(Attributes {
+                verb: v.to_string(),
+                path: url.to_string(),
+                ..Default::default()
+            });
+        }
+    }
+    let names = strings(rule.get("resourceNames"));
+    let names = if names.is_empty() { vec![""] } else { names };
+    for g in strings(rule.get("apiGroups")) {
+        for r in strings(rule.get("resources")) {
+            let (resource, sub) = r.split_once('/').unwrap_or((r, ""));
+            for v in &verbs {
+                for n in &names {
+                    out.push(Attributes {
+                        verb: v.to_string(),
+                        group: g.into(),
+                        resource: resource.into(),
+                        subresource: sub.into(),
+                        namespace: namespace.into(),
+                        name: n.to_string(),
+                        path: String::new(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The escalation guard of RBAC writes: a user may create or change a role only with rules it
+/// holds itself (or the `escalate` verb on it), and bind a role only if it holds the role's
+/// rules (or the `bind` verb on it), as upstream prevents privilege escalation.
+pub async fn check_grant(
+    storage: &Storage,
+    user: &UserInfo,
+    kind: &str,
+    obj: &Value,
+) -> Result<()> {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return Ok(());
+    }
+    let namespace = api::meta::namespace(obj).to_string();
+    let name = api::meta::name(obj).to_string();
+    let (resource, verb, rules) = match kind {
+        "Role" | "ClusterRole" => (
+            if kind == "Role" {
+                "roles"
+            } else {
+                "clusterroles"
+            },
+            "escalate",
+            obj.get("rules")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let role_kind = obj
+                .get("roleRef")
+                .and_then(|r| r.get("kind"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let role_name = obj
+                .get("roleRef")
+                .and_then(|r| r.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let bind = Attributes {
+                verb: "bind".into(),
+                group: RBAC.into(),
+                resource: if role_kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                }
+                .into(),
+                namespace: namespace.clone(),
+                name: role_name.clone(),
+                ..Default::default()
+            };
+            if allowed(storage, user, &bind).await? {
+                return Ok(());
+            }
+            let rules = if role_kind == "Role" {
+                objects(storage, RBAC, "roles", &namespace)
+                    .await?
+                    .into_iter()
+                    .find(|r| api::meta::name(r) == role_name)
+                    .and_then(|r| r.get("rules").and_then(Value::as_array).cloned())
+            } else {
+                let all = objects(storage, RBAC, "clusterroles", "").await?;
+                all.iter()
+                    .find(|r| api::meta::name(r) == role_name)
+                    .map(|r| cluster_role_rules(r, &all))
+            };
+            (
+                if kind == "RoleBinding" {
+                    "rolebindings"
+                } else {
+                    "clusterrolebindings"
+                },
+                "",
+                rules.unwrap_or_default(),
+            )
+        }
+        _ => return Ok(()),
+    };
+    if !verb.is_empty() {
+        let escalate = Attributes {
+            verb: verb.into(),
+            group: RBAC.into(),
+            resource: resource.into(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            ..Default::default()
+        };
+        if allowed(storage, user, &escalate).await? {
+            return Ok(());
+        }
+    }
+    let held = rules_for(storage, user, &namespace).await?;
+    let missing: Vec<&Value> = rules
+        .iter()
+        .filter(|rule| {
+            !expand(rule, &namespace)
+                .iter()
+                .all(|a| held.iter().any(|h| rule_allows(h, a)))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|r| r.to_string()).collect();
+    let qualified = format!("{resource}.{RBAC}");
+    Err(ApiError::forbidden(format!(
+        "{qualified} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+        user.name,
+        user.groups,
+        list.join("\n")
+    )))
 }
 
 /// The reason upstream gives when a request is denied.

@@ -40,6 +40,10 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// Whether requests without credentials run as `system:anonymous` (else they get 401).
+    pub anonymous_auth: bool,
+    /// A static token file (`token,user,uid,"groups"` lines).
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// What every request handler shares.
@@ -50,6 +54,10 @@ pub struct State {
     pub server_url: String,
     /// Signs and verifies service account tokens.
     pub tokens: tokens::TokenIssuer,
+    /// Users of the static token file, by token.
+    pub static_tokens: std::collections::HashMap<String, authn::UserInfo>,
+    /// Whether requests without credentials run as `system:anonymous`.
+    pub anonymous_auth: bool,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates

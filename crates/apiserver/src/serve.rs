@@ -119,10 +119,16 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
     )?;
 
     let tokens = crate::tokens::TokenIssuer::load_or_create(pki.dir())?;
+    let static_tokens = match &config.token_auth_file {
+        Some(path) => crate::authn::read_token_file(path)?,
+        None => HashMap::new(),
+    };
     let state = Arc::new(State {
         storage,
         server_url: url.clone(),
         tokens,
+        static_tokens,
+        anonymous_auth: config.anonymous_auth,
     });
     let app = axum::Router::new().fallback(route).with_state(state);
     let task = tokio::spawn(async move {
@@ -235,8 +241,9 @@ async fn route(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
     let user = match (bearer, identity) {
-        (Some(token), _) => crate::authn::from_token(&state, &token).await,
-        (None, identity) => identity,
+        (Some(token), _) => crate::authn::from_bearer(&state, &token).await,
+        (None, Some(user)) => Some(user),
+        (None, None) => state.anonymous_auth.then(UserInfo::anonymous),
     };
     let Some(user) = user else {
         return ApiError::unauthorized().into_response();

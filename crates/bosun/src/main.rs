@@ -31,6 +31,12 @@ struct ServerArgs {
     /// Extra names or addresses for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
+    /// Let requests without credentials through as system:anonymous, for RBAC to judge.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// A static token file: lines of token,user,uid,"group1,group2".
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -39,6 +45,8 @@ async fn server(args: ServerArgs) -> Result<()> {
         data_dir: args.data_dir,
         bind: args.bind,
         extra_sans: args.tls_san,
+        anonymous_auth: args.anonymous_auth,
+        token_auth_file: args.token_auth_file,
     })
     .await?;
     let ctrl = controllers::start(

@@ -28,7 +28,7 @@ fn scenario_01_api_basics() {
 }
 
 #[test]
-fn anonymous_requests_reach_only_health_and_version() {
+fn anonymous_requests_reach_only_what_rbac_allows() {
     let c = Cluster::start();
     let ca = c.dir.path().join("tls/ca.crt");
     let url = c.url();
@@ -50,7 +50,8 @@ fn anonymous_requests_reach_only_health_and_version() {
     assert!(curl("/healthz", &[]).ends_with("200"), "anonymous /healthz");
     let denied = curl("/api/v1/configmaps", &[]);
     assert!(
-        denied.ends_with("401") && denied.contains("Unauthorized"),
+        denied.ends_with("403")
+            && denied.contains(r#"User \"system:anonymous\" cannot list resource \"configmaps\""#),
         "anonymous list: {denied}"
     );
     let bad_token = curl("/api/v1/configmaps", &["-H", "Authorization: Bearer nope"]);

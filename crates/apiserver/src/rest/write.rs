@@ -167,6 +167,9 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
     if !errs.is_empty() {
         return Err(ApiError::invalid(rt, meta::name(&obj), &errs));
     }
+    if rt.group == "rbac.authorization.k8s.io" {
+        crate::authz::check_grant(&state.storage, &ctx.user, rt.kind, &obj).await?;
+    }
     let fields = managed_fields::fields_of(&obj, &rt.schema_name);
     managed_fields::record(
         &mut obj,
@@ -272,6 +275,9 @@ pub(super) async fn store_update(
 ) -> Result<Value> {
     if same(current, &new) {
         return Ok(current.clone());
+    }
+    if ctx.rt.group == "rbac.authorization.k8s.io" {
+        crate::authz::check_grant(&state.storage, &ctx.user, ctx.rt.kind, &new).await?;
     }
     if ctx.dry_run() {
         return Ok(new);

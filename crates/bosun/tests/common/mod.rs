@@ -15,6 +15,7 @@ pub struct Cluster {
     pub child: Child,
     /// The admin kubeconfig.
     pub kubeconfig: PathBuf,
+    args: Vec<String>,
 }
 
 /// The kubectl the tests drive.
@@ -45,13 +46,19 @@ pub fn shared_dir() -> PathBuf {
 impl Cluster {
     /// Starts a server on a fresh data dir.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a fresh data dir with extra `bosun server` arguments.
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let child = spawn(dir.path());
+        let child = spawn(dir.path(), args);
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let c = Self {
             dir,
             child,
             kubeconfig,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         c.wait_ready();
         c
@@ -61,7 +68,8 @@ impl Cluster {
     pub fn restart_after_kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(self.dir.path());
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn(self.dir.path(), &args);
         self.wait_ready();
     }
 
@@ -129,6 +137,23 @@ impl Cluster {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Runs kubectl against the cluster with a bearer token instead of the admin certificate.
+    pub fn kubectl_as_token(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(kubectl_path())
+            .args([
+                &format!("--server={}", self.url()),
+                &format!("--token={token}"),
+                &format!(
+                    "--certificate-authority={}",
+                    self.dir.path().join("tls/ca.crt").display()
+                ),
+                "--kubeconfig=/dev/null",
+            ])
+            .args(args)
+            .output()
+            .expect("kubectl")
+    }
+
     /// The server URL from the kubeconfig.
     pub fn url(&self) -> String {
         self.ok(&[
@@ -151,11 +176,12 @@ impl Cluster {
     }
 }
 
-fn spawn(dir: &Path) -> Child {
+fn spawn(dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bosun"))
         .args(["server", "--data-dir"])
         .arg(dir)
         .args(["--bind", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
