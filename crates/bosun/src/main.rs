@@ -1,5 +1,6 @@
-//! The `bosun` binary: `bosun server` runs a whole cluster's control plane from one process.
-//! Wiring and command line only; the work is done by the library crates.
+//! The `bosun` binary: `bosun server` runs a whole cluster's control plane from one process;
+//! `bosun images` manages the node's image store. Wiring and command line only; the work is done
+//! by the library crates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,102 @@ struct Cli {
 enum Command {
     /// Runs the control plane (API server on an embedded store, controllers).
     Server(ServerArgs),
+    /// Manages the images of this node.
+    Images(ImagesArgs),
+}
+
+#[derive(clap::Args)]
+struct ImagesArgs {
+    /// The node's data dir; images live in <data-dir>/images.
+    #[arg(
+        long,
+        default_value = "/var/lib/bosun",
+        env = "BOSUN_DATA_DIR",
+        global = true
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: ImagesCommand,
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Imports OCI archives or docker archives (docker save) into the node's store.
+    Import {
+        /// Archive files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Lists the images.
+    Ls,
+    /// Removes images by reference.
+    Rm {
+        /// References, e.g. busybox:1.36.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+}
+
+/// A progress bar on standard error for long image work.
+struct Bar(indicatif::ProgressBar);
+
+impl runtime::images::Progress for Bar {
+    fn total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+fn images(args: ImagesArgs) -> Result<()> {
+    let store = runtime::images::ImageStore::open(&args.data_dir.join("images"))?;
+    match args.command {
+        ImagesCommand::Import { files } => {
+            for file in files {
+                let bar = indicatif::ProgressBar::new(0).with_message(file.display().to_string());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes}",
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .progress_chars("=> "),
+                );
+                let imported = store
+                    .import(&file, &Bar(bar.clone()))
+                    .map_err(|e| anyhow::anyhow!("cannot import {}: {e}", file.display()))?;
+                bar.finish_and_clear();
+                for img in imported {
+                    println!(
+                        "imported {} ({})",
+                        img.reference,
+                        &img.id[..19.min(img.id.len())]
+                    );
+                }
+            }
+        }
+        ImagesCommand::Ls => {
+            println!("{:<50} {:<20} {:>10}", "IMAGE", "IMAGE ID", "SIZE");
+            for img in store.list()? {
+                let id = img.id.trim_start_matches("sha256:");
+                println!(
+                    "{:<50} {:<20} {:>9.1}M",
+                    img.reference,
+                    &id[..12.min(id.len())],
+                    img.size as f64 / 1_048_576.0
+                );
+            }
+        }
+        ImagesCommand::Rm { references } => {
+            for r in references {
+                let removed = store
+                    .remove(&r)
+                    .map_err(|e| anyhow::anyhow!("cannot remove {r}: {e}"))?;
+                println!("deleted {}", removed.reference);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -85,7 +182,17 @@ async fn component_client(running: &apiserver::Running, user: &str) -> Result<ku
     Ok(kube::Client::try_from(config)?)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BOSUN_LOG")
@@ -94,10 +201,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let tokio_runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(server(args)),
+        Command::Server(args) => tokio_runtime.block_on(server(args)),
+        Command::Images(args) => images(args),
     }
 }
