@@ -34,6 +34,35 @@ impl Attributes {
     fn is_resource(&self) -> bool {
         !self.resource.is_empty()
     }
+
+    /// The attributes of a request: from its parsed resource request, or its method and path.
+    pub fn of(
+        info: Option<&crate::request::RequestInfo>,
+        method: &http::Method,
+        path: &str,
+    ) -> Self {
+        match info {
+            Some(i) => Self {
+                verb: i.verb.to_string(),
+                group: i.group.clone(),
+                resource: i.resource.clone(),
+                subresource: i.subresource.clone(),
+                // a namespace's own requests are in that namespace, as upstream reads them
+                namespace: if i.group.is_empty() && i.resource == "namespaces" {
+                    i.name.clone()
+                } else {
+                    i.namespace.clone()
+                },
+                name: i.name.clone(),
+                path: String::new(),
+            },
+            None => Self {
+                verb: method.as_str().to_ascii_lowercase(),
+                path: path.to_string(),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 fn strings(v: Option<&Value>) -> Vec<&str> {

@@ -8,6 +8,7 @@
 //! knows HTTP.
 
 pub mod admission;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod codec;
@@ -44,6 +45,10 @@ pub struct Config {
     pub anonymous_auth: bool,
     /// A static token file (`token,user,uid,"groups"` lines).
     pub token_auth_file: Option<PathBuf>,
+    /// An `audit.k8s.io/v1` Policy; with `audit_log_path`, requests are audited.
+    pub audit_policy_file: Option<PathBuf>,
+    /// Where audit events are appended, one JSON line each.
+    pub audit_log_path: Option<PathBuf>,
 }
 
 /// What every request handler shares.
@@ -58,6 +63,8 @@ pub struct State {
     pub static_tokens: std::collections::HashMap<String, authn::UserInfo>,
     /// Whether requests without credentials run as `system:anonymous`.
     pub anonymous_auth: bool,
+    /// The audit policy and log, when auditing is on.
+    pub auditor: Option<audit::Auditor>,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates

@@ -119,6 +119,11 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
     )?;
 
     let tokens = crate::tokens::TokenIssuer::load_or_create(pki.dir())?;
+    let auditor = match (&config.audit_policy_file, &config.audit_log_path) {
+        (Some(policy), Some(log)) => Some(crate::audit::Auditor::open(policy, log)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--audit-policy-file and --audit-log-path go together"),
+    };
     let static_tokens = match &config.token_auth_file {
         Some(path) => crate::authn::read_token_file(path)?,
         None => HashMap::new(),
@@ -129,6 +134,7 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
         tokens,
         static_tokens,
         anonymous_auth: config.anonymous_auth,
+        auditor,
     });
     let app = axum::Router::new().fallback(route).with_state(state);
     let task = tokio::spawn(async move {
@@ -252,6 +258,68 @@ async fn route(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    let Some(auditor) = &state.auditor else {
+        return serve_as(state.clone(), user, parts, body).await;
+    };
+    let query = crate::request::query_map(parts.uri.query());
+    let info = crate::request::parse(&parts.method, &path, &query);
+    let attrs = crate::authz::Attributes::of(info.as_ref(), &parts.method, &path);
+    let level = auditor.level(&user, &attrs);
+    if level == crate::audit::Level::None {
+        return serve_as(state.clone(), user, parts, body).await;
+    }
+    let received = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let uri = parts.uri.to_string();
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = match axum::body::to_bytes(body, codec::MAX_BODY + 1).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large().into_response(),
+    };
+    let request = serde_json::from_slice::<Value>(&body).ok();
+    let resp = serve_as(state.clone(), user.clone(), parts, Body::from(body)).await;
+    let code = resp.status().as_u16();
+    let streaming = attrs.verb == "watch";
+    let (resp, response) = if level == crate::audit::Level::RequestResponse && !streaming {
+        let (head, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let value = serde_json::from_slice::<Value>(&bytes).ok();
+        (Response::from_parts(head, Body::from(bytes)), value)
+    } else {
+        (resp, None)
+    };
+    auditor.log(
+        level,
+        crate::audit::Record {
+            user: &user,
+            attrs: &attrs,
+            uri: &uri,
+            user_agent: &user_agent,
+            code,
+            request,
+            response,
+            received,
+        },
+    );
+    resp
+}
+
+/// Serves an authenticated request: authorization, discovery and OpenAPI, resources.
+async fn serve_as(
+    state: Arc<State>,
+    user: UserInfo,
+    parts: http::request::Parts,
+    body: Body,
+) -> Response {
+    let path = parts.uri.path().to_string();
     let json = |v: Option<Value>| match v {
         Some(v) => codec::json_response(StatusCode::OK, &v),
         None => ApiError::no_route(&path).into_response(),
@@ -259,11 +327,7 @@ async fn route(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resource_path = crate::request::parse(&parts.method, &path, &HashMap::new()).is_some();
     if !resource_path {
-        let attrs = crate::authz::Attributes {
-            verb: parts.method.as_str().to_ascii_lowercase(),
-            path: path.clone(),
-            ..Default::default()
-        };
+        let attrs = crate::authz::Attributes::of(None, &parts.method, &path);
         if let Err(e) = crate::authz::authorize(&state.storage, &user, &attrs).await {
             return e.into_response();
         }

@@ -134,6 +134,12 @@ struct ServerArgs {
     /// A static token file: lines of token,user,uid,"group1,group2".
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// An audit.k8s.io/v1 Policy file (with --audit-log-path).
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events are appended as JSON lines (with --audit-policy-file).
+    #[arg(long, requires = "audit_policy_file")]
+    audit_log_path: Option<PathBuf>,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -144,6 +150,8 @@ async fn server(args: ServerArgs) -> Result<()> {
         extra_sans: args.tls_san,
         anonymous_auth: args.anonymous_auth,
         token_auth_file: args.token_auth_file,
+        audit_policy_file: args.audit_policy_file,
+        audit_log_path: args.audit_log_path,
     })
     .await?;
     let ctrl = controllers::start(

@@ -256,3 +256,68 @@ fn anonymous_auth_can_be_turned_off() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
 }
+
+#[test]
+fn audit_lines_follow_the_policy() {
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = dir.path().join("policy.yaml");
+    let log = dir.path().join("audit.log");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  users: [\"system:kube-controller-manager\"]\n- level: RequestResponse\n  resources:\n  - group: \"\"\n    resources: [secrets]\n- level: Metadata\n  verbs: [create]\n- level: None\n",
+    )
+    .expect("policy");
+    let c = Cluster::start_with(&[
+        "--audit-policy-file",
+        policy.to_str().expect("path"),
+        "--audit-log-path",
+        log.to_str().expect("path"),
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "audited",
+        "--from-literal=k=v",
+    ]);
+    c.ok(&["create", "configmap", "audited", "--from-literal=k=v"]);
+    c.ok(&["get", "configmap", "audited"]);
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        events = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        if events.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let secret = events
+        .iter()
+        .find(|e| e["objectRef"]["resource"] == "secrets")
+        .expect("the secret create is audited");
+    assert_eq!(secret["kind"], "Event");
+    assert_eq!(secret["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(secret["level"], "RequestResponse");
+    assert_eq!(secret["verb"], "create");
+    assert_eq!(secret["user"]["username"], "admin");
+    assert_eq!(secret["responseStatus"]["code"], 201);
+    assert_eq!(secret["responseObject"]["metadata"]["name"], "audited");
+    let cm = events
+        .iter()
+        .find(|e| e["objectRef"]["resource"] == "configmaps")
+        .expect("the configmap create is audited");
+    assert_eq!(cm["level"], "Metadata");
+    assert!(
+        cm.get("requestObject").is_none(),
+        "Metadata carries no bodies"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["verb"] == "get" && e["objectRef"]["resource"] == "configmaps"),
+        "reads fall to the last rule, None"
+    );
+}

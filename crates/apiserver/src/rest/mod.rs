@@ -102,20 +102,7 @@ pub async fn handle(
         headers,
         user,
     };
-    let namespace = if rt.group.is_empty() && rt.plural == "namespaces" {
-        ctx.info.name.clone()
-    } else {
-        ctx.info.namespace.clone()
-    };
-    let attrs = crate::authz::Attributes {
-        verb: ctx.info.verb.to_string(),
-        group: req_rt.group.to_string(),
-        resource: req_rt.plural.to_string(),
-        subresource: ctx.info.subresource.clone(),
-        namespace,
-        name: ctx.info.name.clone(),
-        path: String::new(),
-    };
+    let attrs = crate::authz::Attributes::of(Some(&ctx.info), &method, path);
     if let Err(e) = crate::authz::authorize(&state.storage, &ctx.user, &attrs).await {
         return e.into_response();
     }
