@@ -13,6 +13,7 @@ pub mod authn;
 pub mod authz;
 pub mod codec;
 pub mod discovery;
+pub mod encryption;
 pub mod pki;
 pub mod protobuf;
 pub mod request;
@@ -49,6 +50,8 @@ pub struct Config {
     pub audit_policy_file: Option<PathBuf>,
     /// Where audit events are appended, one JSON line each.
     pub audit_log_path: Option<PathBuf>,
+    /// An `apiserver.config.k8s.io/v1` EncryptionConfiguration for encryption at rest.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// What every request handler shares.
@@ -81,9 +84,14 @@ pub async fn start(config: Config) -> Result<Running> {
             db_path.display()
         )
     })?;
-    let storage = storage::Storage {
-        backend: Arc::new(backend),
+    let backend: Arc<dyn store::Backend> = match &config.encryption_provider_config {
+        Some(path) => Arc::new(encryption::EncryptedBackend::new(
+            Arc::new(backend),
+            encryption::Encryption::load(path)?,
+        )),
+        None => Arc::new(backend),
     };
+    let storage = storage::Storage { backend };
     bootstrap::system_namespaces(&storage).await?;
     bootstrap::rbac(&storage).await?;
     serve::serve(config, storage).await

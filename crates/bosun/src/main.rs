@@ -140,6 +140,9 @@ struct ServerArgs {
     /// Where audit events are appended as JSON lines (with --audit-policy-file).
     #[arg(long, requires = "audit_policy_file")]
     audit_log_path: Option<PathBuf>,
+    /// An EncryptionConfiguration file: encrypts the listed resources (e.g. secrets) at rest.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -152,6 +155,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         token_auth_file: args.token_auth_file,
         audit_policy_file: args.audit_policy_file,
         audit_log_path: args.audit_log_path,
+        encryption_provider_config: args.encryption_provider_config,
     })
     .await?;
     let ctrl = controllers::start(

@@ -4,6 +4,8 @@ mod common;
 
 use std::process::Command;
 
+use base64::Engine;
+
 use common::{Cluster, kubectl_path, shared_dir};
 
 #[test]
@@ -319,5 +321,64 @@ fn audit_lines_follow_the_policy() {
             .iter()
             .any(|e| e["verb"] == "get" && e["objectRef"]["resource"] == "configmaps"),
         "reads fall to the last rule, None"
+    );
+}
+
+#[test]
+fn encrypted_secrets_never_reach_the_data_dir_in_the_clear() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("encryption.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: c2VjcmV0IGlzIHNlY3VyZSwgSSB0aGluayBzbyEhISE=\n  - identity: {}\n",
+    )
+    .expect("config");
+    let mut c = Cluster::start_with(&[
+        "--encryption-provider-config",
+        config.to_str().expect("path"),
+    ]);
+    let value = "correct-horse-battery-staple";
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "vault",
+        &format!("--from-literal=password={value}"),
+    ]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "plain",
+        &format!("--from-literal=note={value}"),
+    ]);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+    let files_with = |c: &Cluster, needle: &str| {
+        let mut hits = Vec::new();
+        for entry in std::fs::read_dir(c.dir.path()).expect("data dir").flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        hits
+    };
+    c.restart_after_kill();
+    assert!(
+        !files_with(&c, value).is_empty(),
+        "the unencrypted configmap is found: the scan sees the store's files"
+    );
+    assert!(
+        files_with(&c, &encoded).is_empty(),
+        "the secret's value is in the data dir: {:?}",
+        files_with(&c, &encoded)
+    );
+    let read = c.ok(&["get", "secret", "vault", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(
+        read, encoded,
+        "the secret reads back in the clear through the API"
+    );
+    assert_eq!(
+        c.ok(&["get", "cm", "plain", "-o", "jsonpath={.data.note}"]),
+        value
     );
 }
