@@ -22,6 +22,7 @@ pub mod defaults;
 pub mod managed_fields;
 pub mod meta;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod patch;
 pub mod patch_meta;
 pub mod registry;

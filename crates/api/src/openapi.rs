@@ -192,10 +192,33 @@ pub fn v3_group_version(path: &str) -> Option<Value> {
     }))
 }
 
+/// Turns `{"allOf": [{"$ref": ...}], "description": ...}` (how v3 describes a reference) into
+/// `{"$ref": ..., "description": ...}`, as v2 writes it.
+fn flatten_ref_wrappers(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let single_ref = m
+                .get("allOf")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 1)
+                .and_then(|a| a[0].get("$ref"))
+                .cloned();
+            if let Some(r) = single_ref {
+                m.remove("allOf");
+                m.insert("$ref".into(), r);
+            }
+            m.values_mut().for_each(flatten_ref_wrappers);
+        }
+        Value::Array(a) => a.iter_mut().for_each(flatten_ref_wrappers),
+        _ => {}
+    }
+}
+
 /// The v2 (Swagger) document of the whole API.
 pub fn v2() -> Value {
     let resources: Vec<&ResourceType> = registry().resources.iter().collect();
-    let defs = Value::Object(schemas_for(&resources));
+    let mut defs = Value::Object(schemas_for(&resources));
+    flatten_ref_wrappers(&mut defs);
     let text = defs.to_string().replace(REF_PREFIX, "#/definitions/");
     let defs: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     json!({

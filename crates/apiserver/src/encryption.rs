@@ -292,6 +292,17 @@ impl Encryption {
         }
     }
 
+    /// Whether a stored value was written otherwise than the first provider writes now.
+    pub fn is_stale(&self, key: &str, stored: &[u8]) -> bool {
+        let current = match self.providers(key).and_then(|p| p.first()) {
+            None | Some(Provider::Identity) => return stored.starts_with(b"k8s:enc:"),
+            Some(Provider::Keys(cipher, keys)) => {
+                format!("k8s:enc:{}:v1:{}:", cipher.name(), keys[0].0)
+            }
+        };
+        !stored.starts_with(current.as_bytes())
+    }
+
     /// The plain value of what is stored at `key`.
     pub fn decrypt(&self, key: &str, stored: &[u8]) -> store::Result<Vec<u8>> {
         let Some(rest) = stored.strip_prefix(b"k8s:enc:") else {
@@ -463,6 +474,12 @@ impl Backend for EncryptedBackend {
 
     fn compact(&self, revision: u64) -> BoxFuture<'_, store::Result<()>> {
         self.inner.compact(revision)
+    }
+
+    fn stale<'a>(&'a self, key: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            matches!(self.inner.get(key).await, Ok(Some(kv)) if self.enc.is_stale(key, &kv.value))
+        })
     }
 }
 

@@ -362,6 +362,15 @@ async fn serve_as(
             ["api", v] => return json(discovery::resources("", v)),
             ["apis", g] => return json(discovery::group(g)),
             ["apis", g, v] => return json(discovery::resources(g, v)),
+            ["openapi", "v2"] if accept.contains("protobuf") => {
+                static V2_PB: OnceLock<Bytes> = OnceLock::new();
+                let bytes =
+                    V2_PB.get_or_init(|| Bytes::from(api::openapi_pb::encode(&api::openapi::v2())));
+                return Response::builder()
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(Body::from(bytes.clone()))
+                    .unwrap_or_default();
+            }
             ["openapi", "v2"] => return cached(&V2, api::openapi::v2),
             ["openapi", "v3"] => return cached(&V3, api::openapi::v3_index),
             ["openapi", "v3", rest @ ..] => return openapi_v3(&rest.join("/")),

@@ -128,6 +128,15 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         0,
         "nothing was stored"
     );
+    // a List is validated on the client against the OpenAPI v2 document, as kubectl does it
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: l2}\n  dta: {a: b}\n";
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], list);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown field \"dta\" in io.k8s.api.core.v1.ConfigMap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

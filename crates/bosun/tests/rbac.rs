@@ -382,3 +382,44 @@ fn encrypted_secrets_never_reach_the_data_dir_in_the_clear() {
         value
     );
 }
+
+#[test]
+fn keys_rotate_by_rewriting_secrets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("encryption.yaml");
+    let write = |providers: &str| {
+        std::fs::write(&config, format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}")).expect("config")
+    };
+    let old =
+        "  - aescbc:\n      keys:\n      - name: old\n        secret: MTIzNDU2Nzg5MDEyMzQ1Ng==\n";
+    let new = "  - secretbox:\n      keys:\n      - name: new\n        secret: c2VjcmV0IGlzIHNlY3VyZSwgSSB0aGluayBzbyEhISE=\n";
+    write(old);
+    let mut c = Cluster::start_with(&[
+        "--encryption-provider-config",
+        config.to_str().expect("path"),
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "rotated",
+        "--from-literal=k=v",
+    ]);
+    // the new key first, the old one still readable; then every secret is written again
+    write(&format!("{new}{old}"));
+    c.restart_after_kill();
+    let all = c.ok(&["get", "secrets", "-o", "json"]);
+    let out = c.kubectl_stdin(&["replace", "-f", "-"], &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // with only the new key left, the secret still reads
+    write(new);
+    c.restart_after_kill();
+    assert_eq!(
+        c.ok(&["get", "secret", "rotated", "-o", "jsonpath={.data.k}"]),
+        "dg=="
+    );
+}

@@ -161,4 +161,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Forgets history up to and including `revision`: watches from before it fail with
     /// [`Error::Compacted`].
     fn compact(&self, revision: u64) -> BoxFuture<'_, Result<()>>;
+    /// Whether the stored form of a key is out of date (written with a key that is no longer
+    /// the one to write with), so that an unchanged update must still be written.
+    fn stale<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }

@@ -273,7 +273,15 @@ pub(super) async fn store_update(
     rev: u64,
     new: Value,
 ) -> Result<Value> {
-    if same(current, &new) {
+    // an unchanged object is not written again, unless its stored form is out of date (written
+    // with an encryption key that is no longer the first), as upstream re-encrypts on update
+    if same(current, &new)
+        && !state
+            .storage
+            .backend
+            .stale(&ctx.rt.key(ctx.namespace(), meta::name(current)))
+            .await
+    {
         return Ok(current.clone());
     }
     if ctx.rt.group == "rbac.authorization.k8s.io" {
