@@ -245,9 +245,10 @@ fn build() -> Registry {
     use k8s_openapi::api::{
         apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
         autoscaling::v1 as autoscaling_v1, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-        events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-        scheduling::v1 as scheduling, storage::v1 as storage,
+        certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
+        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
+        storage::v1 as storage,
     };
     const ALL: &[&str] = &["all"];
     const NONE: &[&str] = &[];
@@ -303,6 +304,11 @@ fn build() -> Registry {
         ResourceType::of::<storage::StorageClass>(&["sc"], NONE, NONE),
         ResourceType::of::<scheduling::PriorityClass>(&["pc"], NONE, NONE),
         ResourceType::of::<events::Event>(&["ev"], NONE, NONE).stored_as("v1"),
+        ResourceType::of::<certificates::CertificateSigningRequest>(
+            &["csr"],
+            NONE,
+            &["status", "approval"],
+        ),
         ResourceType::create_only::<authentication::SelfSubjectReview>(false),
         ResourceType::create_only::<authentication::TokenReview>(false),
         ResourceType::create_only::<authorization::SelfSubjectAccessReview>(false),

@@ -166,6 +166,34 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
             "spec.template.spec",
             &mut errs,
         ),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            let spec = obj.get("spec");
+            if spec
+                .and_then(|s| s.get("request"))
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                errs.push(FieldError::required("spec.request", ""));
+            }
+            if spec
+                .and_then(|s| s.get("signerName"))
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                errs.push(FieldError::required("spec.signerName", ""));
+            }
+            if let Some(secs) = spec
+                .and_then(|s| s.get("expirationSeconds"))
+                .and_then(Value::as_i64)
+                && secs < 600
+            {
+                errs.push(FieldError::invalid(
+                    "spec.expirationSeconds",
+                    json!(secs),
+                    "may not specify a duration less than 600 seconds (10 minutes)",
+                ));
+            }
+        }
         ("batch", "CronJob") => {
             let schedule = obj
                 .get("spec")

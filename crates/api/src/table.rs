@@ -362,6 +362,14 @@ pub fn columns(kind: &str) -> &'static [Column] {
             col("Endpoints", "string", 0),
             col("Age", "string", 0)
         ),
+        "CertificateSigningRequest" => cols!(
+            col("Name", "string", 0),
+            col("Age", "string", 0),
+            col("SignerName", "string", 0),
+            col("Requestor", "string", 0),
+            col("RequestedDuration", "string", 0),
+            col("Condition", "string", 0)
+        ),
         "PriorityClass" => cols!(
             col("Name", "string", 0),
             col("Value", "integer", 0),
@@ -641,6 +649,33 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(none_if_empty(ports.join(","))),
                 json!(none_if_empty(addrs.join(","))),
                 age_cell,
+            ]
+        }
+        "CertificateSigningRequest" => {
+            let conds: Vec<&str> = arr(o, "status.conditions")
+                .iter()
+                .filter(|c| s(c, "status") == "True")
+                .map(|c| s(c, "type"))
+                .collect();
+            let mut condition = if conds.is_empty() {
+                "Pending".to_string()
+            } else {
+                conds.join(",")
+            };
+            if !s(o, "status.certificate").is_empty() {
+                condition.push_str(",Issued");
+            }
+            let duration = meta::lookup(o, "spec.expirationSeconds")
+                .and_then(Value::as_i64)
+                .map(human_duration)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                age_cell,
+                json!(s(o, "spec.signerName")),
+                json!(s(o, "spec.username")),
+                json!(duration),
+                json!(condition),
             ]
         }
         "PriorityClass" => vec![

@@ -1,6 +1,7 @@
 //! Admission: the checks and changes between decoding and storing that depend on other objects.
 //! Today: NamespaceLifecycle (no new content in missing or terminating namespaces; the default
-//! namespaces cannot be deleted) and ServiceAccount (pods run as `default` unless told).
+//! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told), and the
+//! requester recorded in certificate signing requests.
 
 use serde_json::{Value, json};
 
@@ -14,7 +15,17 @@ pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Admits the creation of `obj`, possibly changing it.
-pub async fn admit_create(state: &State, rt: &ResourceType, obj: &mut Value) -> Result<()> {
+pub async fn admit_create(
+    state: &State,
+    rt: &ResourceType,
+    user: &crate::authn::UserInfo,
+    obj: &mut Value,
+) -> Result<()> {
+    if rt.kind == "CertificateSigningRequest" {
+        // who asks is recorded by the server, never taken from the request
+        obj["spec"]["username"] = json!(user.name);
+        obj["spec"]["groups"] = json!(user.groups);
+    }
     if rt.namespaced {
         namespace_accepts_content(state, meta::namespace(obj)).await?;
     }

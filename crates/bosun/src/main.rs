@@ -158,9 +158,13 @@ async fn server(args: ServerArgs) -> Result<()> {
         encryption_provider_config: args.encryption_provider_config,
     })
     .await?;
+    let pki = running.pki.clone();
+    let signer: controllers::Signer =
+        std::sync::Arc::new(move |csr: &str, seconds: i64| pki.sign_client_csr(csr, seconds));
     let ctrl = controllers::start(
         component_client(&running, "system:kube-controller-manager").await?,
         running.ca_pem.clone(),
+        Some(signer),
     );
     eprintln!(
         "bosun server listening on {} (ready in {} ms)",

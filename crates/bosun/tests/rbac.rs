@@ -423,3 +423,88 @@ fn keys_rotate_by_rewriting_secrets() {
         "dg=="
     );
 }
+
+#[test]
+fn an_admin_issues_a_user_a_client_certificate() {
+    let c = Cluster::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let (key, csr) = (dir.path().join("jane.key"), dir.path().join("jane.csr"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=jane/O=devs",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "openssl req failed");
+    let request =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&csr).expect("csr"));
+    let manifest = format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: jane}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages: [client auth]\n"
+    );
+    assert!(
+        c.kubectl_stdin(&["create", "-f", "-"], &manifest)
+            .status
+            .success()
+    );
+    assert_eq!(
+        c.ok(&["get", "csr", "jane", "-o", "jsonpath={.spec.username}"]),
+        "admin",
+        "the server records who asked"
+    );
+    assert!(
+        c.ok(&["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"])
+            .is_empty(),
+        "nothing is issued before approval"
+    );
+    c.ok(&["certificate", "approve", "jane"]);
+    let mut cert = String::new();
+    for _ in 0..100 {
+        cert = c.ok(&["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"]);
+        if !cert.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!cert.is_empty(), "the approved request is signed");
+    let crt = dir.path().join("jane.crt");
+    std::fs::write(
+        &crt,
+        base64::engine::general_purpose::STANDARD
+            .decode(cert.trim())
+            .expect("base64"),
+    )
+    .expect("write");
+    let whoami = Command::new(kubectl_path())
+        .args([
+            &format!("--server={}", c.url()),
+            &format!(
+                "--certificate-authority={}",
+                c.dir.path().join("tls/ca.crt").display()
+            ),
+            "--kubeconfig=/dev/null",
+        ])
+        .arg(format!("--client-certificate={}", crt.display()))
+        .arg(format!("--client-key={}", key.display()))
+        .args(["auth", "whoami"])
+        .output()
+        .expect("kubectl");
+    let text = String::from_utf8_lossy(&whoami.stdout);
+    assert!(
+        text.contains("jane") && text.contains("devs"),
+        "the new certificate names jane in devs: {text}{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    assert!(c.ok(&["get", "csr", "jane"]).contains("Approved,Issued"));
+}

@@ -5,7 +5,9 @@
 //! - [`namespace`]: empties a namespace that is being deleted, then finalizes it.
 //! - [`serviceaccount`]: every namespace has a `default` service account.
 //! - [`root_ca`]: every namespace has the `kube-root-ca.crt` ConfigMap with the cluster CA.
+//! - [`csr_signer`]: approved client certificate requests are signed by the cluster CA.
 
+pub mod csr_signer;
 pub mod namespace;
 pub mod root_ca;
 pub mod serviceaccount;
@@ -36,7 +38,13 @@ pub struct Context {
     pub client: kube::Client,
     /// The cluster CA certificate, PEM, published into every namespace.
     pub ca_pem: String,
+    /// Signs a client certificate request (PEM) for a number of seconds; the CA's key stays with
+    /// whoever provides this.
+    pub sign_client_csr: Option<Signer>,
 }
+
+/// Signs a certificate signing request (PEM) valid for some seconds, returning the certificate.
+pub type Signer = Arc<dyn Fn(&str, i64) -> anyhow::Result<String> + Send + Sync>;
 
 /// Retries a failed reconcile after a short pause (the work queue adds its own back-off).
 pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -50,13 +58,22 @@ pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
 }
 
 /// Runs every controller until one of them stops.
-pub fn start(client: kube::Client, ca_pem: String) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let ctx = Arc::new(Context { client, ca_pem });
+pub fn start(
+    client: kube::Client,
+    ca_pem: String,
+    sign_client_csr: Option<Signer>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let ctx = Arc::new(Context {
+        client,
+        ca_pem,
+        sign_client_csr,
+    });
     tokio::spawn(async move {
         let stopped = tokio::select! {
             _ = namespace::run(ctx.clone()) => "namespace",
             _ = serviceaccount::run(ctx.clone()) => "serviceaccount",
             _ = root_ca::run(ctx.clone()) => "root-ca",
+            _ = csr_signer::run(ctx.clone()) => "csr-signer",
         };
         anyhow::bail!("the {stopped} controller stopped")
     })

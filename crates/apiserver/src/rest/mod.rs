@@ -135,7 +135,9 @@ async fn dispatch(state: &Arc<State>, ctx: &Ctx, body: Bytes) -> Result<Response
         ("list", _) => read::list(state, ctx).await,
         ("watch", _) => watch::watch(state, ctx).await,
         ("create", "") => write::create(state, ctx, &body).await,
-        ("update", "" | "status" | "finalize") => write::update(state, ctx, &body).await,
+        ("update", "" | "status" | "finalize" | "approval") => {
+            write::update(state, ctx, &body).await
+        }
         ("patch", "" | "status") => write::patch(state, ctx, &body).await,
         ("delete", "") => delete::delete(state, ctx, &body).await,
         ("deletecollection", "") => delete::delete_collection(state, ctx, &body).await,

@@ -162,7 +162,7 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
     );
     defaults::apply(rt, &mut obj);
     strategy::prepare_for_create(rt, &mut obj);
-    admission::admit_create(state, rt, &mut obj).await?;
+    admission::admit_create(state, rt, &ctx.user, &mut obj).await?;
     let errs = strategy::validate(rt, &obj);
     if !errs.is_empty() {
         return Err(ApiError::invalid(rt, meta::name(&obj), &errs));
@@ -221,6 +221,16 @@ pub(super) fn prepare_update(
     let sub = ctx.info.subresource.as_str();
     match sub {
         "status" => strategy::prepare_for_status_update(current, &mut new),
+        "approval" => {
+            // the approval subresource changes only the approval conditions
+            let conditions = new
+                .get("status")
+                .and_then(|s| s.get("conditions"))
+                .cloned()
+                .unwrap_or(json!([]));
+            new = current.clone();
+            new["status"]["conditions"] = conditions;
+        }
         "finalize" => {
             let finalizers = new
                 .get("spec")
