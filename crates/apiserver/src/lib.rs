@@ -20,6 +20,7 @@ pub mod request;
 pub mod rest;
 pub mod status;
 pub mod storage;
+pub mod tls;
 pub mod tokens;
 
 mod bootstrap;
@@ -52,6 +53,8 @@ pub struct Config {
     pub audit_log_path: Option<PathBuf>,
     /// An `apiserver.config.k8s.io/v1` EncryptionConfiguration for encryption at rest.
     pub encryption_provider_config: Option<PathBuf>,
+    /// How long a serving certificate is valid; it is renewed when a fifth remains.
+    pub serving_cert_lifetime: std::time::Duration,
 }
 
 /// What every request handler shares.

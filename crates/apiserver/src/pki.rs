@@ -31,11 +31,14 @@ pub struct Pki {
     dir: PathBuf,
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+fn validity(params: &mut CertificateParams, lifetime: time::Duration) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
+    params.not_after = now + lifetime;
 }
+
+/// How long client certificates issued at start are valid.
+const CLIENT_VALIDITY: time::Duration = time::Duration::days(365);
 
 /// Writes a file readable only by its owner, atomically.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
@@ -81,7 +84,7 @@ impl Pki {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut params, 3650);
+        validity(&mut params, time::Duration::days(3650));
         let cert = params.self_signed(&key_pair)?;
         let pki = Self {
             ca_pem: cert.pem(),
@@ -98,8 +101,9 @@ impl Pki {
         Ok(Issuer::from_ca_cert_pem(&self.ca_pem, key)?)
     }
 
-    /// Issues a serving certificate for the given DNS names and IP addresses.
-    pub fn serving(&self, names: &[String]) -> Result<Issued> {
+    /// Issues a serving certificate for the given DNS names and IP addresses, valid for
+    /// `lifetime`.
+    pub fn serving(&self, names: &[String], lifetime: std::time::Duration) -> Result<Issued> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for n in names {
             let san = match n.parse::<std::net::IpAddr>() {
@@ -111,7 +115,8 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
-        self.leaf(params, ExtendedKeyUsagePurpose::ServerAuth)
+        let lifetime = time::Duration::try_from(lifetime).unwrap_or(CLIENT_VALIDITY);
+        self.leaf(params, ExtendedKeyUsagePurpose::ServerAuth, lifetime)
     }
 
     /// Issues a client certificate for `user` in `groups`.
@@ -121,21 +126,22 @@ impl Pki {
         for g in groups {
             params.distinguished_name.push(DnType::OrganizationName, *g);
         }
-        self.leaf(params, ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(params, ExtendedKeyUsagePurpose::ClientAuth, CLIENT_VALIDITY)
     }
 
-    /// Signs a one-year leaf certificate for one usage with a new key.
+    /// Signs a leaf certificate for one usage with a new key.
     fn leaf(
         &self,
         mut params: CertificateParams,
         usage: ExtendedKeyUsagePurpose,
+        lifetime: time::Duration,
     ) -> Result<Issued> {
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        validity(&mut params, 365);
+        validity(&mut params, lifetime);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {

@@ -13,8 +13,6 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -63,28 +61,6 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn tls_config(pki: &Pki, sans: &[String]) -> Result<rustls::ServerConfig> {
-    let serving = pki.serving(sans)?;
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut serving.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut serving.key_pem.as_bytes())?.context("no serving key")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
-        roots.add(ca?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
     let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"))?);
     let mut sans = vec![
@@ -100,7 +76,9 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
     sans.extend(local_addresses());
     sans.extend(config.extra_sans.iter().cloned());
     sans.dedup();
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki, &sans)?));
+    let serving = crate::tls::ServingCert::new(&pki, sans, config.serving_cert_lifetime)?;
+    serving.keep_renewed(pki.clone());
+    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(&pki, serving)?));
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;

@@ -143,6 +143,9 @@ struct ServerArgs {
     /// An EncryptionConfiguration file: encrypts the listed resources (e.g. secrets) at rest.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// Lifetime of the serving certificate in seconds; it renews itself when a fifth remains.
+    #[arg(long, default_value_t = 365 * 24 * 3600)]
+    serving_cert_seconds: u64,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -156,6 +159,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         audit_policy_file: args.audit_policy_file,
         audit_log_path: args.audit_log_path,
         encryption_provider_config: args.encryption_provider_config,
+        serving_cert_lifetime: std::time::Duration::from_secs(args.serving_cert_seconds),
     })
     .await?;
     let pki = running.pki.clone();

@@ -245,3 +245,29 @@ async fn the_kube_crate_is_a_second_client() {
         .expect("delete");
     assert!(maps.get_opt("from-rust").await.expect("get").is_none());
 }
+
+#[test]
+fn the_serving_certificate_renews_itself() {
+    let c = Cluster::start_with(&["--serving-cert-seconds", "6"]);
+    let addr = c.url().trim_start_matches("https://").to_string();
+    let serial = || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -serial"))
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = serial();
+    assert!(
+        first.starts_with("serial="),
+        "read the serving certificate: {first:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_ne!(
+        serial(),
+        first,
+        "a new certificate is served before the old one expires"
+    );
+    c.ok(&["get", "namespaces"]);
+}
