@@ -6,10 +6,18 @@
 //!
 //! Record: `len u32 | crc32 u32 | payload`, payload: `revision u64 | create_revision u64 |
 //! kind u8 (0 put, 1 delete) | key_len u32 | key | value`.
+//!
+//! The file is preallocated, so that an append does not change its size and `fdatasync` has
+//! no metadata to write; the log ends at the first record that does not check out (zeros of the
+//! preallocation, or a torn write), and the file is cut there on open so that new records
+//! never follow garbage.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use nix::fcntl::{FallocateFlags, fallocate};
 
 use crate::{Error, Event, EventType, KeyValue, Result};
 
@@ -17,9 +25,16 @@ fn storage(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
+/// The largest record a log holds (a value is at most a few MiB).
+const MAX_RECORD: usize = 64 << 20;
+
+/// How much room the log file is given ahead of its records.
+const PREALLOCATE: i64 = 64 << 20;
+
 /// An open log file.
 pub struct Wal {
     file: File,
+    /// The end of the last complete record: where the next batch goes.
     size: u64,
 }
 
@@ -88,33 +103,47 @@ impl Wal {
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(path)
             .map_err(storage)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(storage)?;
+        // read record by record: the preallocated tail is never read into memory
+        let mut reader = std::io::BufReader::new(&mut file);
         let mut records = Vec::new();
         let mut at = 0;
-        while let Some(header) = bytes.get(at..at + 8) {
+        let mut header = [0u8; 8];
+        while reader.read_exact(&mut header).is_ok() {
             let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
             let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-                break;
-            };
-            if crc32fast::hash(payload) != crc {
+            if len == 0 || len > MAX_RECORD {
                 break;
             }
-            let Some(record) = decode(payload) else { break };
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+                break;
+            }
+            let Some(record) = decode(&payload) else {
+                break;
+            };
             records.push(record);
             at += 8 + len;
         }
-        Ok((
-            Self {
-                file,
-                size: bytes.len() as u64,
-            },
-            records,
-        ))
+        let mut wal = Self {
+            file,
+            size: at as u64,
+        };
+        wal.reset_to(at as u64)?;
+        Ok((wal, records))
+    }
+
+    /// Cuts the file at `end` and preallocates room after it.
+    fn reset_to(&mut self, end: u64) -> Result<()> {
+        self.file.set_len(end).map_err(storage)?;
+        // not every filesystem can preallocate; appends then simply grow the file
+        let _ = fallocate(&self.file, FallocateFlags::empty(), end as i64, PREALLOCATE);
+        self.file.sync_all().map_err(storage)?;
+        self.size = end;
+        Ok(())
     }
 
     /// Appends a batch of changes and makes it durable.
@@ -125,7 +154,7 @@ impl Wal {
         }
         let result = self
             .file
-            .write_all(&buf)
+            .write_all_at(&buf, self.size)
             .and_then(|_| self.file.sync_data());
         match result {
             Ok(()) => {
@@ -133,8 +162,7 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
-                // drop a partial batch so that later batches follow complete records
-                let _ = self.file.set_len(self.size);
+                // the next batch overwrites this partial one, so no garbage precedes it
                 Err(storage(format!("cannot write the write-ahead log: {e}")))
             }
         }
@@ -142,10 +170,7 @@ impl Wal {
 
     /// Empties the log once its records are in the database.
     pub fn truncate(&mut self) -> Result<()> {
-        self.file.set_len(0).map_err(storage)?;
-        self.file.sync_data().map_err(storage)?;
-        self.size = 0;
-        Ok(())
+        self.reset_to(0)
     }
 
     /// The log's size in bytes.
