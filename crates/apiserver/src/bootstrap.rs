@@ -193,16 +193,7 @@ fn aggregate_to_admin() -> Vec<Value> {
         rule(
             &["rbac.authorization.k8s.io"],
             &["rolebindings", "roles"],
-            &[
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ],
+            api::registry::ALL_VERBS,
         ),
     ]
 }

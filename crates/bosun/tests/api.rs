@@ -5,26 +5,13 @@ mod common;
 
 use std::process::Command;
 
-use common::{Cluster, kubectl_path, shared_dir};
+use common::Cluster;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 
 #[test]
 fn scenario_01_api_basics() {
-    let c = Cluster::start();
-    let script = shared_dir().join("scenarios/01-api-basics.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("KUBECTL", kubectl_path())
-        .output()
-        .expect("run scenario");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("PASS [01-api-basics]"),
-        "scenario 01 failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Cluster::start().scenario("01-api-basics");
 }
 
 #[test]

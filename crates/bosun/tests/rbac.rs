@@ -6,24 +6,11 @@ use std::process::Command;
 
 use base64::Engine;
 
-use common::{Cluster, kubectl_path, shared_dir};
+use common::{Cluster, kubectl_path};
 
 #[test]
 fn scenario_11_rbac() {
-    let c = Cluster::start();
-    let script = shared_dir().join("scenarios/11-rbac.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("KUBECTL", kubectl_path())
-        .output()
-        .expect("run scenario");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("PASS [11-rbac]"),
-        "scenario 11 failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Cluster::start().scenario("11-rbac");
 }
 
 #[test]

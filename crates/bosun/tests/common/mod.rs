@@ -154,6 +154,24 @@ impl Cluster {
             .expect("kubectl")
     }
 
+    /// Runs a shared scenario script (`NN-name`) against the cluster and fails the test unless
+    /// it passes.
+    pub fn scenario(&self, name: &str) {
+        let script = shared_dir().join(format!("scenarios/{name}.sh"));
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECTL", kubectl_path())
+            .output()
+            .expect("run scenario");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("PASS [{name}]")),
+            "scenario {name} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The server URL from the kubeconfig.
     pub fn url(&self) -> String {
         self.ok(&[
