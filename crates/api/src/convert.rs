@@ -33,29 +33,37 @@ fn copy(from: &Value, to: &mut Map<String, Value>, src: &str, dst: &str) {
     }
 }
 
-fn hpa_v1_to_v2(o: &Value) -> Value {
+/// The spec and status fields both HPA versions carry alike.
+const HPA_SPEC: &[&str] = &["scaleTargetRef", "minReplicas", "maxReplicas"];
+const HPA_STATUS: &[&str] = &[
+    "observedGeneration",
+    "lastScaleTime",
+    "currentReplicas",
+    "desiredReplicas",
+];
+
+/// The HPA fields both versions share: metadata, and the common spec and status fields.
+fn hpa_common(o: &Value) -> (Map<String, Value>, Map<String, Value>, Map<String, Value>) {
     let mut out = Map::new();
     copy(o, &mut out, "metadata", "metadata");
-    let spec = o.get("spec").cloned().unwrap_or(json!({}));
-    let mut s = Map::new();
-    for k in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        copy(&spec, &mut s, k, k);
+    let (mut spec, mut status) = (Map::new(), Map::new());
+    for k in HPA_SPEC {
+        copy(o.get("spec").unwrap_or(&Value::Null), &mut spec, k, k);
     }
-    if let Some(cpu) = spec.get("targetCPUUtilizationPercentage") {
+    for k in HPA_STATUS {
+        copy(o.get("status").unwrap_or(&Value::Null), &mut status, k, k);
+    }
+    (out, spec, status)
+}
+
+fn hpa_v1_to_v2(o: &Value) -> Value {
+    let (mut out, mut s, mut st) = hpa_common(o);
+    if let Some(cpu) = o.pointer("/spec/targetCPUUtilizationPercentage") {
         s.insert("metrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}}]));
     }
     out.insert("spec".into(), Value::Object(s));
-    if let Some(status) = o.get("status") {
-        let mut st = Map::new();
-        for k in [
-            "observedGeneration",
-            "lastScaleTime",
-            "currentReplicas",
-            "desiredReplicas",
-        ] {
-            copy(status, &mut st, k, k);
-        }
-        if let Some(cpu) = status.get("currentCPUUtilizationPercentage") {
+    if o.get("status").is_some() {
+        if let Some(cpu) = o.pointer("/status/currentCPUUtilizationPercentage") {
             st.insert("currentMetrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}}]));
         }
         out.insert("status".into(), Value::Object(st));
@@ -72,30 +80,14 @@ fn cpu_utilization<'a>(metrics: Option<&'a Value>, field: &str) -> Option<&'a Va
 }
 
 fn hpa_v2_to_v1(o: &Value) -> Value {
-    let mut out = Map::new();
-    copy(o, &mut out, "metadata", "metadata");
-    let spec = o.get("spec").cloned().unwrap_or(json!({}));
-    let mut s = Map::new();
-    for k in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        copy(&spec, &mut s, k, k);
-    }
-    if let Some(cpu) = cpu_utilization(spec.get("metrics"), "target") {
+    let (mut out, mut s, mut st) = hpa_common(o);
+    if let Some(cpu) = cpu_utilization(o.pointer("/spec/metrics"), "target") {
         s.insert("targetCPUUtilizationPercentage".into(), cpu.clone());
     }
     out.insert("spec".into(), Value::Object(s));
-    let status = o.get("status").cloned().unwrap_or(json!({}));
-    let mut st = Map::new();
-    for k in [
-        "observedGeneration",
-        "lastScaleTime",
-        "currentReplicas",
-        "desiredReplicas",
-    ] {
-        copy(&status, &mut st, k, k);
-    }
     st.entry("currentReplicas").or_insert(json!(0));
     st.entry("desiredReplicas").or_insert(json!(0));
-    if let Some(cpu) = cpu_utilization(status.get("currentMetrics"), "current") {
+    if let Some(cpu) = cpu_utilization(o.pointer("/status/currentMetrics"), "current") {
         st.insert("currentCPUUtilizationPercentage".into(), cpu.clone());
     }
     out.insert("status".into(), Value::Object(st));

@@ -172,14 +172,7 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self) -> Result<&'a [u8], String> {
         let n = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or("truncated field")?;
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
+        self.fixed(n)
     }
 
     fn fixed(&mut self, n: usize) -> Result<&'a [u8], String> {
