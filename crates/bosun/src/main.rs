@@ -21,6 +21,19 @@ enum Command {
     Server(ServerArgs),
     /// Manages the images of this node.
     Images(ImagesArgs),
+    /// Supervises one container; started by the node agent, not by people.
+    #[command(hide = true)]
+    Shim {
+        /// The container's id.
+        #[arg(long)]
+        id: String,
+        /// Its bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Where running containers' state is kept.
+        #[arg(long)]
+        state_root: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -212,7 +225,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn async_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run() -> Result<()> {
+    let cli = Cli::parse();
+    // The supervisor forks containers: it must stay single-threaded, so it runs without the
+    // async runtime; and its standard error becomes the container's, so it logs nothing there.
+    if let Command::Shim {
+        id,
+        bundle,
+        state_root,
+    } = cli.command
+    {
+        std::process::exit(runtime::shim::main(runtime::shim::Args {
+            id,
+            bundle,
+            state_root,
+        }));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BOSUN_LOG")
@@ -220,12 +254,9 @@ fn run() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let tokio_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::Server(args) => tokio_runtime.block_on(server(args)),
+        Command::Shim { .. } => Ok(()),
         Command::Images(args) => images(args),
+        Command::Server(args) => async_runtime()?.block_on(server(args)),
     }
 }

@@ -1,7 +1,18 @@
-//! The container runtime of a node. Today: [`images`], the node's content-addressed image store
-//! (import of OCI and docker archives, unpacked layers ready for overlayfs, listing, removal
-//! with garbage collection) and [`reference`], image names as docker and Kubernetes read them.
-//! Containers (namespaces, cgroups, rootfs, supervision, exec) come next.
+//! The container runtime of a node:
+//!
+//! - [`images`]: the node's content-addressed image store (import of OCI and docker archives,
+//!   unpacked layers ready for overlayfs, listing, removal with garbage collection), and
+//!   [`reference`], image names as docker and Kubernetes read them.
+//! - [`container`]: containers created from images, started under a supervisor ([`shim`]) that
+//!   outlives the agent, read back, signalled and removed; [`bundle`] writes their OCI runtime
+//!   spec and [`rootfs`] their overlayfs root; [`cri_log`] is the format of their logs.
+//! - [`sandbox`]: the namespaces the containers of one pod share.
 
+pub mod bundle;
+pub mod container;
+pub mod cri_log;
 pub mod images;
 pub mod reference;
+pub mod rootfs;
+pub mod sandbox;
+pub mod shim;

@@ -212,3 +212,41 @@ impl Drop for Cluster {
         let _ = self.child.wait();
     }
 }
+
+/// Builds the shared busybox image archives into `dir` and returns the docker archive's path.
+pub fn busybox_archives(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "the busybox image needs /bin/busybox (apt-get install busybox-static)"
+    );
+    let built = Command::new("python3")
+        .arg(shared_dir().join("images/busybox_image.py"))
+        .arg(dir)
+        .output()
+        .expect("python3");
+    assert!(
+        built.status.success(),
+        "busybox_image.py failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    dir.join("busybox-docker.tar")
+}
+
+/// Fails the test with a clear message unless it runs as root.
+pub fn require_root(what: &str) {
+    assert!(
+        nix_is_root(),
+        "{what} needs root (namespaces, mounts, cgroups); run the tests as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0")
+        })
+        .unwrap_or(false)
+}

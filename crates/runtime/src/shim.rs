@@ -1,0 +1,242 @@
+//! The supervisor of one container, as containerd-shim or conmon: a small process of its own
+//! session that creates and starts the container with youki's libcontainer, owns its stdio
+//! (copied into the container's log file in the CRI format), reaps it, and writes down how it
+//! ended. Because the supervisor is the container's parent and not the agent, the agent can stop,
+//! restart and re-adopt running containers.
+//!
+//! It answers whoever started it with one JSON line on stdout ([`Answer`]) once the container's
+//! process runs or could not be started, and then needs nobody.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::container::{self, Exited, Started};
+use crate::cri_log;
+
+/// The supervisor's answer to whoever started it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Answer {
+    /// The container's process runs.
+    Started(Started),
+    /// It could not be started, and why.
+    Failed(String),
+}
+
+/// What the supervisor is told.
+pub struct Args {
+    /// The container's id.
+    pub id: String,
+    /// Its bundle directory (config.json, rootfs, meta.json).
+    pub bundle: PathBuf,
+    /// Where libcontainer keeps its state of running containers.
+    pub state_root: PathBuf,
+}
+
+fn log_line(bundle: &Path, msg: &str) {
+    if let Ok(mut f) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(bundle.join("shim.log"))
+    {
+        let _ = writeln!(f, "{} {msg}", container::now());
+    }
+}
+
+fn answer(a: &Answer) {
+    if let Ok(line) = serde_json::to_string(a) {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Runs the supervisor; returns the process's exit code.
+pub fn main(args: Args) -> i32 {
+    // Its own session, so that signals meant for the agent's terminal or process group never
+    // reach the container; and a subreaper, so that the container's processes are its children.
+    let _ = nix::unistd::setsid();
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    match supervise(&args) {
+        Ok(()) => 0,
+        Err(e) => {
+            log_line(&args.bundle, &e);
+            1
+        }
+    }
+}
+
+fn supervise(args: &Args) -> Result<(), String> {
+    let bundle = &args.bundle;
+    let meta = std::fs::read(bundle.join("meta.json")).map_err(|e| format!("read meta: {e}"))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&meta).map_err(|e| format!("parse meta: {e}"))?;
+    let log_path = config["config"]["logPath"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or("meta.json has no logPath")?;
+    let cgroup_path = config["config"]["cgroupPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
+    let log = Arc::new(Mutex::new(log));
+
+    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let stdin: OwnedFd = File::open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?
+        .into();
+
+    let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.state_root)
+        .map(|b| b.with_stdin(stdin).with_stdout(out_w).with_stderr(err_w))
+        .and_then(|b| {
+            b.as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        });
+    let mut ctr = match built.and_then(|mut c| c.start().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = container::record_start_failure(bundle, &msg);
+            answer(&Answer::Failed(msg.clone()));
+            cleanup_failed(&args.id, &args.state_root);
+            return Err(msg);
+        }
+    };
+    let pid = Pid::from_raw(ctr.pid().ok_or("the container has no pid")?.as_raw());
+    let started = Started {
+        pid: pid.as_raw(),
+        shim_pid: std::process::id() as i32,
+        started_at: container::now(),
+    };
+    container::record_started(bundle, &started).map_err(|e| e.to_string())?;
+    answer(&Answer::Started(started));
+
+    let copiers = [
+        spawn_copier(out_r, "stdout", log.clone()),
+        spawn_copier(err_r, "stderr", log.clone()),
+    ];
+    let status = wait_for(pid);
+    let (exit_code, signal) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let oom_killed = signal == Some(9) && oom_kills(&cgroup_path) > 0;
+    // Whatever is left of the container's output is read until every writer has gone (the
+    // kernel ends the container's other processes with its PID 1), within reason.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in copiers {
+            let _ = c.join();
+        }
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    container::record_exit(
+        bundle,
+        &Exited {
+            exit_code,
+            signal,
+            oom_killed,
+            finished_at: container::now(),
+            start_error: None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if let Err(e) = ctr.delete(true) {
+        log_line(bundle, &format!("delete: {e}"));
+    }
+    Ok(())
+}
+
+fn cleanup_failed(id: &str, state_root: &Path) {
+    if let Ok(mut c) = libcontainer::container::Container::load(state_root.join(id)) {
+        let _ = c.delete(true);
+    }
+}
+
+/// Waits for the container's PID 1, reaping every other child on the way (the supervisor is a
+/// subreaper).
+fn wait_for(pid: Pid) -> WaitStatus {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(status @ (WaitStatus::Exited(p, _) | WaitStatus::Signaled(p, _, _))) if p == pid => {
+                return status;
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return WaitStatus::Exited(pid, 255),
+        }
+    }
+}
+
+/// How many times the kernel's OOM killer struck in the container's cgroup (v1 or v2).
+fn oom_kills(cgroup_path: &str) -> u64 {
+    let rel = cgroup_path.trim_start_matches('/');
+    for (file, key) in [
+        (
+            format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+            "oom_kill",
+        ),
+        (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix(key).map(str::trim) {
+                    return v.parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    0
+}
+
+fn spawn_copier(
+    fd: OwnedFd,
+    stream: &'static str,
+    log: Arc<Mutex<File>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = File::from(fd);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut pending = Vec::new();
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let mut lines = Vec::new();
+            cri_log::drain_lines(&mut pending, stream, &container::now(), &mut lines);
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&lines);
+            }
+        }
+        if !pending.is_empty() {
+            let mut lines = Vec::new();
+            cri_log::push_line(&mut lines, &container::now(), stream, false, &pending);
+            if let Ok(mut f) = log.lock() {
+                let _ = f.write_all(&lines);
+            }
+        }
+    })
+}
