@@ -159,10 +159,30 @@ struct ServerArgs {
     /// Lifetime of the serving certificate in seconds; it renews itself when a fifth remains.
     #[arg(long, default_value_t = 365 * 24 * 3600)]
     serving_cert_seconds: u64,
+    /// Runs the control plane only: no node agent for this machine.
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// How this machine's node agent is set up.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The name of this machine's Node (default: its hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The pod CIDR of this machine's node.
+    #[arg(long, default_value = "10.42.0.0/24")]
+    pod_cidr: network::ipam::Cidr,
+    /// The Linux bridge pods are attached to.
+    #[arg(long, default_value = "bosun0")]
+    pod_bridge: String,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
+    let data_dir = args.data_dir.clone();
     let running = apiserver::start(apiserver::Config {
         data_dir: args.data_dir,
         bind: args.bind,
@@ -179,10 +199,15 @@ async fn server(args: ServerArgs) -> Result<()> {
     let signer: controllers::Signer =
         std::sync::Arc::new(move |csr: &str, seconds: i64| pki.sign_client_csr(csr, seconds));
     let ctrl = controllers::start(
-        component_client(&running, "system:kube-controller-manager").await?,
+        component_client(&running, "system:kube-controller-manager", &[]).await?,
         running.ca_pem.clone(),
         Some(signer),
     );
+    let agent = if args.disable_agent {
+        None
+    } else {
+        Some(start_agent(&running, &data_dir, args.agent).await?)
+    };
     eprintln!(
         "bosun server listening on {} (ready in {} ms)",
         running.url,
@@ -193,9 +218,16 @@ async fn server(args: ServerArgs) -> Result<()> {
         "try: KUBECONFIG={} kubectl get namespaces",
         running.admin_kubeconfig.display()
     );
+    let agent_done = async {
+        match agent {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = running.task => r?,
         r = ctrl => r??,
+        r = agent_done => r??,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
@@ -203,8 +235,12 @@ async fn server(args: ServerArgs) -> Result<()> {
 
 /// A client for one of bosun's own components, authenticated by a client certificate issued
 /// for it by the cluster CA.
-async fn component_client(running: &apiserver::Running, user: &str) -> Result<kube::Client> {
-    let creds = running.pki.client(user, &[])?;
+async fn component_client(
+    running: &apiserver::Running,
+    user: &str,
+    groups: &[&str],
+) -> Result<kube::Client> {
+    let creds = running.pki.client(user, groups)?;
     let text = apiserver::pki::kubeconfig(&running.url, &running.ca_pem, user, &creds);
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)?;
     let config = kube::Config::from_custom_kubeconfig(
@@ -213,6 +249,42 @@ async fn component_client(running: &apiserver::Running, user: &str) -> Result<ku
     )
     .await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts the node agent of this machine, authenticated as `system:node:<name>`.
+async fn start_agent(
+    running: &apiserver::Running,
+    data_dir: &std::path::Path,
+    args: AgentArgs,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let client = component_client(
+        running,
+        &format!("system:node:{node_name}"),
+        &["system:nodes"],
+    )
+    .await?;
+    let agent = node::Agent::new(
+        node::Config {
+            node_name,
+            data_dir: data_dir.to_path_buf(),
+            pod_cidr: args.pod_cidr,
+            bridge: args.pod_bridge,
+            shim: std::env::current_exe()?,
+            control_plane: true,
+        },
+        client,
+    )?;
+    Ok(tokio::spawn(agent.run()))
+}
+
+/// This machine's hostname, lowercased as a Node name must be.
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_lowercase())
 }
 
 fn main() -> std::process::ExitCode {

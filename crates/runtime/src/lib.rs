@@ -6,9 +6,11 @@
 //! - [`container`]: containers created from images, started under a supervisor ([`shim`]) that
 //!   outlives the agent, read back, signalled and removed; [`bundle`] writes their OCI runtime
 //!   spec and [`rootfs`] their overlayfs root; [`cri_log`] is the format of their logs.
-//! - [`sandbox`]: the namespaces the containers of one pod share.
+//! - [`sandbox`]: the namespaces the containers of one pod share; [`cgroups`] removes a pod's
+//!   cgroups once its containers are gone.
 
 pub mod bundle;
+pub mod cgroups;
 pub mod container;
 pub mod cri_log;
 pub mod images;

@@ -16,7 +16,13 @@ pub struct Cluster {
     /// The admin kubeconfig.
     pub kubeconfig: PathBuf,
     args: Vec<String>,
+    /// Held while a node agent runs: agents share the node's bridge and pod CIDR, so tests
+    /// that run one take turns.
+    node_lock: Option<std::fs::File>,
 }
+
+/// The Node name of test clusters that run an agent.
+pub const NODE: &str = "bosun-test-node";
 
 /// The kubectl the tests drive.
 pub fn kubectl_path() -> PathBuf {
@@ -49,9 +55,44 @@ impl Cluster {
         Self::start_with(&[])
     }
 
-    /// Starts a server on a fresh data dir with extra `bosun server` arguments.
+    /// Starts a server (control plane only) on a fresh data dir with extra `bosun server`
+    /// arguments.
     pub fn start_with(args: &[&str]) -> Self {
+        let mut all = vec!["--disable-agent"];
+        all.extend_from_slice(args);
+        Self::launch(tempfile::tempdir().expect("temp dir"), &all, None)
+    }
+
+    /// Starts a server with its node agent (named [`NODE`]) and the busybox image imported,
+    /// and waits for the node to be Ready.
+    pub fn start_node() -> Self {
+        require_root("a test with a node agent");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join("bosun-node-tests.lock"))
+            .expect("lock file");
+        lock.lock().expect("take the node lock");
         let dir = tempfile::tempdir().expect("temp dir");
+        let archive = busybox_archives(&dir.path().join("archives"));
+        let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .args(["images", "--data-dir"])
+            .arg(dir.path())
+            .arg("import")
+            .arg(&archive)
+            .output()
+            .expect("bosun images import");
+        assert!(
+            out.status.success(),
+            "import busybox: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Self::launch(dir, &["--node-name", NODE], Some(lock));
+        c.wait_node_ready();
+        c
+    }
+
+    fn launch(dir: tempfile::TempDir, args: &[&str], node_lock: Option<std::fs::File>) -> Self {
         let child = spawn(dir.path(), args);
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let c = Self {
@@ -59,9 +100,53 @@ impl Cluster {
             child,
             kubeconfig,
             args: args.iter().map(|a| a.to_string()).collect(),
+            node_lock,
         };
         c.wait_ready();
         c
+    }
+
+    /// Waits for the node to report Ready.
+    pub fn wait_node_ready(&self) {
+        let ready = self.wait_for(30, || {
+            self.kubectl(&[
+                "get",
+                "node",
+                NODE,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .stdout
+                == b"True"
+        });
+        assert!(ready, "node {NODE} did not become Ready within 30s");
+    }
+
+    /// Polls `check` every 100 ms for up to `seconds`; returns whether it held.
+    pub fn wait_for(&self, seconds: u64, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// A jsonpath of an object, e.g. `jp("pod/web", "{.status.phase}")`.
+    pub fn jp(&self, object: &str, path: &str) -> String {
+        self.ok(&["get", object, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// Applies a manifest, failing the test if kubectl refuses it.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills the server with SIGKILL and starts it again on the same data dir.
@@ -208,8 +293,50 @@ fn spawn(dir: &Path, extra: &[&str]) -> Child {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.node_lock.is_some() {
+            // Pods are removed the way a user removes them, so that the node is left clean for
+            // the next test; whatever is still there after that is cleaned up by force.
+            let _ = self.kubectl(&[
+                "delete",
+                "pods",
+                "--all",
+                "-A",
+                "--grace-period=1",
+                "--timeout=30s",
+            ]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.node_lock.is_some() {
+            force_clean_node(self.dir.path());
+        }
+    }
+}
+
+/// Kills the containers left under a data dir and unmounts what is mounted there.
+fn force_clean_node(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join("agent/containers")) {
+        for e in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path().join("started.json"))
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(pid) = v["pid"].as_i64()
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    for line in mounts.lines() {
+        if let Some(target) = line.split_whitespace().nth(1)
+            && target.starts_with(&prefix)
+        {
+            let _ = Command::new("umount").args(["-l", target]).status();
+        }
     }
 }
 

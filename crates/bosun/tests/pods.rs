@@ -1,0 +1,386 @@
+//! Pods really run: a `bosun server` with its node agent runs pods bound to its node from the
+//! busybox image, reports their lifecycle as upstream does (phase, conditions, container states,
+//! restart back-off, events, kubectl's STATUS column), gives them addresses pods and the node
+//! reach, deletes them gracefully, and keeps their containers running across a restart of the
+//! server.
+
+mod common;
+
+use common::{Cluster, NODE};
+
+fn pod(name: &str, policy: &str, command: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", {command:?}]
+"#
+    )
+}
+
+fn row(c: &Cluster, name: &str) -> String {
+    c.ok(&["get", "pod", name, "--no-headers"])
+}
+
+fn wait_row(c: &Cluster, name: &str, needle: &str, seconds: u64) {
+    let ok = c.wait_for(seconds, || row(c, name).contains(needle));
+    assert!(
+        ok,
+        "pod {name} never showed {needle:?}; last: {}",
+        row(c, name)
+    );
+}
+
+#[test]
+fn the_node_registers_with_capacity_info_and_a_lease() {
+    let c = Cluster::start_node();
+    let wide = c.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains(NODE) && wide.contains("Ready"), "{wide}");
+    assert!(
+        wide.contains("bosun://"),
+        "container runtime column: {wide}"
+    );
+    let node = format!("node/{NODE}");
+    assert_eq!(c.jp(&node, "{.status.capacity.pods}"), "110");
+    assert!(!c.jp(&node, "{.status.capacity.cpu}").is_empty());
+    assert!(c.jp(&node, "{.status.capacity.memory}").ends_with("Ki"));
+    assert_eq!(c.jp(&node, "{.spec.podCIDR}"), "10.42.0.0/24");
+    assert!(!c.jp(&node, "{.status.nodeInfo.kernelVersion}").is_empty());
+    let describe = c.ok(&["describe", "node", NODE]);
+    for part in [
+        "MemoryPressure",
+        "DiskPressure",
+        "PIDPressure",
+        "KubeletReady",
+        "Capacity:",
+        "Allocatable:",
+        "System Info:",
+    ] {
+        assert!(
+            describe.contains(part),
+            "describe node lacks {part}: {describe}"
+        );
+    }
+    let holder = c.ok(&[
+        "-n",
+        "kube-node-lease",
+        "get",
+        "lease",
+        NODE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, NODE);
+}
+
+#[test]
+fn a_pod_runs_isolated_with_an_address_and_is_deleted_gracefully() {
+    let c = Cluster::start_node();
+    c.apply(&pod("web", "Always", "exec httpd -f -p 8080 -h /var/www"));
+    c.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    assert_eq!(c.jp("pod/web", "{.status.phase}"), "Running");
+    let r = row(&c, "web");
+    assert!(
+        r.starts_with("web") && r.contains("1/1") && r.contains("Running"),
+        "{r}"
+    );
+    assert!(
+        c.jp("pod/web", "{.status.containerStatuses[0].containerID}")
+            .starts_with("bosun://")
+    );
+    let ip = c.jp("pod/web", "{.status.podIP}");
+    assert!(ip.starts_with("10.42.0."), "pod IP {ip}");
+
+    // The node reaches the pod at its address.
+    let body = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://{ip}:8080/")])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&body.stdout).trim(),
+        "hello from busybox"
+    );
+
+    // Another pod reaches it by IP; it has its own hostname, PID namespace and root.
+    let probe = format!(
+        "wget -qO- http://{ip}:8080/ > /tmp/out; hostname >> /tmp/out; echo /proc/[0-9]* >> /tmp/out; \
+         test -e /work && echo host-root >> /tmp/out; cat /tmp/out; sleep 3600"
+    );
+    c.apply(&pod("client", "Always", &probe));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=60s",
+    ]);
+    assert_ne!(
+        c.jp("pod/client", "{.status.podIP}"),
+        ip,
+        "two pods, two addresses"
+    );
+    let log = c.dir.path().join("agent/logs");
+    let seen = c.wait_for(10, || {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat {}/default_client_*/main/0.log", log.display()))
+            .output()
+            .expect("cat");
+        String::from_utf8_lossy(&out.stdout).contains("/proc/1")
+    });
+    assert!(seen, "the client pod's log never showed its processes");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat {}/default_client_*/main/0.log", log.display()))
+        .output()
+        .expect("cat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stdout F hello from busybox"), "{text}");
+    assert!(
+        text.contains("stdout F client"),
+        "hostname is the pod name: {text}"
+    );
+    assert!(
+        text.contains("stdout F /proc/1\n"),
+        "only its own PID 1: {text}"
+    );
+    assert!(!text.contains("host-root"), "{text}");
+
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(events.contains(reason), "events {events}");
+    }
+
+    // httpd as PID 1 ignores SIGTERM: it is killed when the 2 s grace period ends.
+    let t = std::time::Instant::now();
+    c.ok(&["delete", "pod", "web", "--timeout=30s"]);
+    assert!(
+        t.elapsed().as_secs() < 15,
+        "deletion took {:?}",
+        t.elapsed()
+    );
+    assert!(c.fails(&["get", "pod", "web"]).contains("NotFound"));
+}
+
+#[test]
+fn restart_policies_and_container_states_are_reported_as_upstream() {
+    let c = Cluster::start_node();
+    c.apply(&pod("crasher", "Always", "echo boom; exit 1"));
+    c.apply(&pod("once", "Never", "echo done"));
+    c.apply(&pod("failer", "Never", "exit 2"));
+    c.apply(&pod("ok-on-failure", "OnFailure", "exit 0"));
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: nocmd}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [/no/such/binary]\n"
+    ));
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: nopull}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: main\n    image: registry.invalid/nothing/here:1\n"
+    ));
+
+    wait_row(&c, "once", "Completed", 30);
+    assert_eq!(c.jp("pod/once", "{.status.phase}"), "Succeeded");
+    assert_eq!(
+        c.jp(
+            "pod/once",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "Completed"
+    );
+    wait_row(&c, "failer", "Error", 30);
+    assert_eq!(c.jp("pod/failer", "{.status.phase}"), "Failed");
+    assert_eq!(
+        c.jp(
+            "pod/failer",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "2"
+    );
+    let ok = c.wait_for(30, || {
+        c.jp("pod/ok-on-failure", "{.status.phase}") == "Succeeded"
+    });
+    assert!(ok, "OnFailure + exit 0 -> Succeeded");
+    assert_eq!(
+        c.jp(
+            "pod/ok-on-failure",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+
+    // Always + exit 1: restarted at once, then backing off 10 s.
+    let looping = c.wait_for(40, || {
+        c.jp("pod/crasher", "{.status.containerStatuses[0].restartCount}")
+            .parse::<i32>()
+            .unwrap_or(0)
+            >= 2
+            && c.jp(
+                "pod/crasher",
+                "{.status.containerStatuses[0].state.waiting.reason}",
+            ) == "CrashLoopBackOff"
+    });
+    assert!(
+        looping,
+        "crasher never reached CrashLoopBackOff after 2 restarts: {}",
+        row(&c, "crasher")
+    );
+    assert!(row(&c, "crasher").contains("CrashLoopBackOff"));
+    assert_eq!(
+        c.jp(
+            "pod/crasher",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.jp(
+            "pod/crasher",
+            "{.status.containerStatuses[0].lastState.terminated.reason}"
+        ),
+        "Error"
+    );
+    assert_eq!(c.jp("pod/crasher", "{.status.phase}"), "Running");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crasher",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("BackOff"), "{events}");
+
+    let start_failed = c.wait_for(30, || {
+        let s = c.jp("pod/nocmd", "{.status.containerStatuses[0].state.waiting.reason}{.status.containerStatuses[0].lastState.terminated.reason}");
+        s.contains("StartError") || s.contains("CrashLoopBackOff")
+    });
+    assert!(start_failed, "nocmd: {}", row(&c, "nocmd"));
+    assert!(c.jp("pod/nocmd", "{.status.containerStatuses[0].lastState.terminated.message}{.status.containerStatuses[0].state.terminated.message}").contains("/no/such/binary"));
+
+    let pull_failed = c.wait_for(30, || {
+        let r = c.jp(
+            "pod/nopull",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        );
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    });
+    assert!(pull_failed, "nopull: {}", row(&c, "nopull"));
+    assert_eq!(c.jp("pod/nopull", "{.status.phase}"), "Pending");
+}
+
+#[test]
+fn init_containers_volumes_and_env_shape_the_pod() {
+    let c = Cluster::start_node();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shaped, labels: {{tier: web}}}}
+spec:
+  nodeName: {NODE}
+  volumes: [{{name: shared, emptyDir: {{}}}}]
+  initContainers:
+  - name: first
+    image: busybox:1.36
+    command: ["sh", "-c", "echo from-init > /data/seed"]
+    volumeMounts: [{{name: shared, mountPath: /data}}]
+  containers:
+  - name: main
+    image: busybox:1.36
+    workingDir: /data
+    env:
+    - {{name: WHO, value: world}}
+    - {{name: GREETING, value: "hello $(WHO)"}}
+    - {{name: TIER, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['tier']"}}}}}}
+    command: ["sh", "-c", "echo $GREETING $TIER $(pwd) $(cat seed); sleep 3600"]
+    volumeMounts: [{{name: shared, mountPath: /data}}]
+"#
+    ));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shaped",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        c.jp(
+            "pod/shaped",
+            "{.status.initContainerStatuses[0].state.terminated.reason}"
+        ),
+        "Completed"
+    );
+    let conditions = c.jp(
+        "pod/shaped",
+        "{range .status.conditions[*]}{.type}={.status} {end}",
+    );
+    for cond in [
+        "Initialized=True",
+        "ContainersReady=True",
+        "Ready=True",
+        "PodScheduled=True",
+    ] {
+        assert!(conditions.contains(cond), "{conditions}");
+    }
+    let log = c.dir.path().join("agent/logs");
+    let seen = c.wait_for(10, || {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat {}/default_shaped_*/main/0.log", log.display()))
+            .output()
+            .expect("cat");
+        String::from_utf8_lossy(&out.stdout).contains("hello world web /data from-init")
+    });
+    assert!(
+        seen,
+        "the main container did not see its env, workingDir and the init's file"
+    );
+}
+
+#[test]
+fn running_containers_survive_a_server_restart() {
+    let mut c = Cluster::start_node();
+    c.apply(&pod("steady", "Always", "exec sleep 3600"));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/steady",
+        "--timeout=60s",
+    ]);
+    let id = c.jp("pod/steady", "{.status.containerStatuses[0].containerID}");
+    let started = c.jp(
+        "pod/steady",
+        "{.status.containerStatuses[0].state.running.startedAt}",
+    );
+    c.restart_after_kill();
+    c.wait_node_ready();
+    // The agent re-adopts the container: same id, same start, no restart.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        c.jp("pod/steady", "{.status.containerStatuses[0].containerID}"),
+        id
+    );
+    assert_eq!(
+        c.jp(
+            "pod/steady",
+            "{.status.containerStatuses[0].state.running.startedAt}"
+        ),
+        started
+    );
+    assert_eq!(
+        c.jp("pod/steady", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    assert_eq!(c.jp("pod/steady", "{.status.phase}"), "Running");
+}

@@ -1,0 +1,112 @@
+//! The node agent (kubelet) of bosun. It registers this machine as a Node and keeps its Lease
+//! alive ([`registration`]), watches the pods bound to it, and runs each through a pod worker
+//! ([`worker`]) that builds the pod's sandbox, network and volumes, starts its init containers
+//! and containers in order with the runtime, restarts them by the pod's restart policy with
+//! kubelet's back-off ([`backoff`]), stops them gracefully when the pod is deleted, and reports
+//! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
+//! spec as Kubernetes defines it ([`process`]).
+//!
+//! Containers outlive the agent: at start it reads back the containers the runtime has and
+//! carries on with them, without restarting any.
+
+pub mod backoff;
+pub mod events;
+pub mod pods;
+pub mod process;
+pub mod registration;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use network::ipam::Cidr;
+use network::pod::PodNetwork;
+use runtime::container::Runtime;
+use runtime::images::ImageStore;
+
+/// The kubelet version the node reports.
+pub const KUBELET_VERSION: &str = "v1.33.0+bosun";
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Node's name.
+    pub node_name: String,
+    /// The node's data dir: images in `images/`, everything else of the agent in `agent/`.
+    pub data_dir: PathBuf,
+    /// The pod CIDR of this node.
+    pub pod_cidr: Cidr,
+    /// The name of the node's pod bridge.
+    pub bridge: String,
+    /// The program that supervises containers (`bosun`, run as `bosun shim`).
+    pub shim: PathBuf,
+    /// Whether this node runs the control plane (labelled as such).
+    pub control_plane: bool,
+}
+
+/// The agent: what every part of it shares.
+pub struct Agent {
+    /// Its configuration.
+    pub config: Config,
+    /// The API client, authenticated as `system:node:<name>`.
+    pub client: kube::Client,
+    /// The node's images.
+    pub images: ImageStore,
+    /// The node's containers.
+    pub runtime: Runtime,
+    /// The node's pod network.
+    pub network: PodNetwork,
+    /// The event recorder.
+    pub events: events::Recorder,
+    /// The node's address.
+    pub host_ip: Option<String>,
+    /// Restart back-off of crashing containers, by pod uid and container name.
+    pub backoff: Mutex<backoff::Backoff>,
+}
+
+impl Agent {
+    /// Opens the node's stores and network.
+    pub fn new(config: Config, client: kube::Client) -> anyhow::Result<Arc<Self>> {
+        let root = config.data_dir.join("agent");
+        let images = ImageStore::open(&config.data_dir.join("images"))?;
+        let runtime = Runtime::open(&root.join("containers"), &root.join("run"), &config.shim)?;
+        let network = PodNetwork::open(&config.bridge, config.pod_cidr, &root.join("ipam"))?;
+        network.setup_node()?;
+        let events = events::Recorder::new(client.clone(), &config.node_name);
+        Ok(Arc::new(Self {
+            host_ip: registration::internal_ip(),
+            config,
+            client,
+            images,
+            runtime,
+            network,
+            events,
+            backoff: Mutex::new(backoff::Backoff::default()),
+        }))
+    }
+
+    /// Where the agent keeps its files.
+    pub fn root(&self) -> PathBuf {
+        self.config.data_dir.join("agent")
+    }
+
+    /// Registers the node and runs it until an unrecoverable error.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        while let Err(e) = self.register().await {
+            attempt += 1;
+            if attempt >= 50 {
+                return Err(e.context("registering the node"));
+            }
+            tracing::warn!(error = %e, "registering the node failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let beat = self.clone();
+        tokio::select! {
+            _ = beat.heartbeat() => anyhow::bail!("the node heartbeat stopped"),
+            r = pods::run(self.clone()) => r,
+        }
+    }
+}

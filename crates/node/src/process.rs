@@ -1,0 +1,333 @@
+//! A container's process as Kubernetes defines it from the pod spec and the image config:
+//! `command` replaces the image's Entrypoint and `args` its Cmd; environment variables are the
+//! image's, then the container's (with `$(VAR)` references to earlier ones expanded, and the
+//! downward API's `fieldRef`); the working directory and user fall back to the image's.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+/// The process to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    /// argv.
+    pub args: Vec<String>,
+    /// `NAME=value` pairs, in order.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// The user as the image or the security context names it (`uid`, `uid:gid`, `name`...).
+    pub user: Option<String>,
+    /// The numeric group from the security context, if set.
+    pub group: Option<i64>,
+}
+
+/// Expands `$(NAME)` references from `vars`; `$$` escapes a `$`; unknown references stay as
+/// written, as upstream's `expansion.Expand` does.
+pub fn expand(input: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && i + 1 < bytes.len() {
+            match bytes[i + 1] {
+                b'$' => {
+                    out.push('$');
+                    i += 2;
+                    continue;
+                }
+                b'(' => {
+                    if let Some(end) = input[i + 2..].find(')') {
+                        let name = &input[i + 2..i + 2 + end];
+                        match vars(name) {
+                            Some(v) => out.push_str(&v),
+                            None => out.push_str(&input[i..i + 3 + end]),
+                        }
+                        i += 3 + end;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let ch = input[i..].chars().next().unwrap_or('$');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of a downward API field path of the pod.
+pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
+    let meta = &pod.metadata;
+    let label_or_annotation = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        map.as_ref()?.get(key).cloned()
+    };
+    match path {
+        "metadata.name" => meta.name.clone(),
+        "metadata.namespace" => meta.namespace.clone(),
+        "metadata.uid" => meta.uid.clone(),
+        "spec.nodeName" => pod.spec.as_ref()?.node_name.clone(),
+        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
+        "status.podIP" => pod.status.as_ref()?.pod_ip.clone(),
+        "status.hostIP" => pod.status.as_ref()?.host_ip.clone(),
+        _ if path.starts_with("metadata.labels['") => {
+            label_or_annotation("metadata.labels['", &meta.labels)
+        }
+        _ if path.starts_with("metadata.annotations['") => {
+            label_or_annotation("metadata.annotations['", &meta.annotations)
+        }
+        _ => None,
+    }
+}
+
+/// The process of `container` in `pod`, from the image config (the `config` object of an OCI
+/// image config). Errors name what is missing, as CreateContainerConfigError/CreateContainerError
+/// messages do.
+pub fn process(pod: &Pod, container: &Container, image_config: &Value) -> Result<Process, String> {
+    let cfg = &image_config["config"];
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, name: String, value: String| match env
+        .iter_mut()
+        .find(|(n, _)| *n == name)
+    {
+        Some(slot) => slot.1 = value,
+        None => env.push((name, value)),
+    };
+    for pair in strings(&cfg["Env"]) {
+        let (n, v) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+        set(&mut env, n.to_string(), v.to_string());
+    }
+    if let Some(hostname) = pod.metadata.name.clone() {
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or(hostname);
+        set(&mut env, "HOSTNAME".into(), hostname);
+    }
+    // Only the container's own variables are visible to `$(VAR)` references.
+    let mut own: Vec<(String, String)> = Vec::new();
+    for var in container.env.iter().flatten() {
+        let value = if let Some(source) = &var.value_from {
+            if let Some(f) = &source.field_ref {
+                field_ref(pod, &f.field_path).ok_or_else(|| {
+                    format!("env {}: field {} has no value", var.name, f.field_path)
+                })?
+            } else {
+                return Err(format!(
+                    "env {}: this kind of valueFrom is not supported yet",
+                    var.name
+                ));
+            }
+        } else {
+            let lookup = |n: &str| {
+                own.iter()
+                    .rev()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            expand(var.value.as_deref().unwrap_or_default(), &lookup)
+        };
+        own.push((var.name.clone(), value.clone()));
+        set(&mut env, var.name.clone(), value);
+    }
+    let lookup = |n: &str| {
+        own.iter()
+            .rev()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    let expand_all = |items: &Option<Vec<String>>| -> Vec<String> {
+        items.iter().flatten().map(|s| expand(s, &lookup)).collect()
+    };
+    let command = expand_all(&container.command);
+    let container_args = expand_all(&container.args);
+    let args: Vec<String> = if !command.is_empty() {
+        command.into_iter().chain(container_args).collect()
+    } else if !container_args.is_empty() {
+        strings(&cfg["Entrypoint"])
+            .into_iter()
+            .chain(container_args)
+            .collect()
+    } else {
+        strings(&cfg["Entrypoint"])
+            .into_iter()
+            .chain(strings(&cfg["Cmd"]))
+            .collect()
+    };
+    if args.is_empty() {
+        return Err("no command specified".into());
+    }
+    let cwd = container
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| cfg["WorkingDir"].as_str().map(String::from))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = container.security_context.as_ref();
+    let run_as_user = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_user));
+    let group = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_group));
+    let user = run_as_user
+        .map(|u| u.to_string())
+        .or_else(|| cfg["User"].as_str().map(String::from))
+        .filter(|u| !u.is_empty());
+    Ok(Process {
+        args,
+        env: env.into_iter().map(|(n, v)| format!("{n}={v}")).collect(),
+        cwd,
+        user,
+        group,
+    })
+}
+
+/// Resolves a user as an image names it (`uid`, `uid:gid`, `name`, `name:group`) with the
+/// image's `/etc/passwd` and `/etc/group`, as runc does; returns (uid, gid).
+pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let entry = |file: &str, name: &str| -> Option<Vec<String>> {
+        file.lines()
+            .map(|l| l.split(':').map(String::from).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(name))
+    };
+    let (uid, default_gid) = match u.parse::<u32>() {
+        Ok(uid) => {
+            let gid = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(uid))
+                .and_then(|f| f.get(3).and_then(|x| x.parse().ok()))
+                .unwrap_or(0);
+            (uid, gid)
+        }
+        Err(_) => {
+            let f = entry(passwd, u).ok_or_else(|| {
+                format!("unable to find user {u}: no matching entries in passwd file")
+            })?;
+            let num = |i: usize| f.get(i).and_then(|x| x.parse::<u32>().ok());
+            (num(2).ok_or("malformed passwd entry")?, num(3).unwrap_or(0))
+        }
+    };
+    let gid = match g {
+        None => default_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => entry(group, g)
+                .and_then(|f| f.get(2).and_then(|x| x.parse().ok()))
+                .ok_or_else(|| format!("unable to find group {g}"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(container: Value) -> (Pod, Container) {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [container]}
+        }))
+        .expect("pod");
+        let c = pod.spec.as_ref().expect("spec").containers[0].clone();
+        (pod, c)
+    }
+
+    fn image() -> Value {
+        json!({"config": {"Entrypoint": ["/entry"], "Cmd": ["serve"], "Env": ["PATH=/bin", "A=image"], "WorkingDir": "/app", "User": "daemon"}})
+    }
+
+    #[test]
+    fn command_and_args_combine_with_the_image_as_kubernetes_defines() {
+        let (p, c) = pod(json!({"name": "c", "image": "i"}));
+        assert_eq!(
+            process(&p, &c, &image()).expect("p").args,
+            ["/entry", "serve"]
+        );
+        let (p, c) = pod(json!({"name": "c", "image": "i", "args": ["x"]}));
+        assert_eq!(process(&p, &c, &image()).expect("p").args, ["/entry", "x"]);
+        let (p, c) = pod(json!({"name": "c", "image": "i", "command": ["sh"]}));
+        assert_eq!(process(&p, &c, &image()).expect("p").args, ["sh"]);
+        let (p, c) =
+            pod(json!({"name": "c", "image": "i", "command": ["sh"], "args": ["-c", "x"]}));
+        assert_eq!(
+            process(&p, &c, &image()).expect("p").args,
+            ["sh", "-c", "x"]
+        );
+        let (p, c) = pod(json!({"name": "c", "image": "i"}));
+        assert!(process(&p, &c, &json!({"config": {}})).is_err());
+    }
+
+    #[test]
+    fn env_overrides_the_image_and_expands_references() {
+        let (p, c) = pod(json!({"name": "c", "image": "i",
+        "command": ["echo", "$(GREETING)", "$$(GREETING)", "$(MISSING)"],
+        "env": [
+            {"name": "A", "value": "pod"},
+            {"name": "NAME", "value": "world"},
+            {"name": "GREETING", "value": "hello $(NAME)"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}
+        ]}));
+        let proc = process(&p, &c, &image()).expect("process");
+        assert_eq!(
+            proc.args,
+            ["echo", "hello world", "$(GREETING)", "$(MISSING)"]
+        );
+        assert!(proc.env.contains(&"A=pod".to_string()));
+        assert!(!proc.env.contains(&"A=image".to_string()));
+        assert!(proc.env.contains(&"PATH=/bin".to_string()));
+        assert!(proc.env.contains(&"HOSTNAME=p".to_string()));
+        assert!(proc.env.contains(&"POD=p".to_string()));
+        assert!(proc.env.contains(&"APP=web".to_string()));
+    }
+
+    #[test]
+    fn working_dir_and_user_fall_back_to_the_image() {
+        let (p, c) = pod(json!({"name": "c", "image": "i"}));
+        let proc = process(&p, &c, &image()).expect("process");
+        assert_eq!(proc.cwd, "/app");
+        assert_eq!(proc.user.as_deref(), Some("daemon"));
+        let (p, c) = pod(json!({"name": "c", "image": "i", "workingDir": "/w",
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}));
+        let proc = process(&p, &c, &image()).expect("process");
+        assert_eq!(proc.cwd, "/w");
+        assert_eq!(proc.user.as_deref(), Some("1000"));
+        assert_eq!(proc.group, Some(3000));
+    }
+
+    #[test]
+    fn users_resolve_through_passwd_and_group() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\nweb:x:1000:1001::/:/bin/sh\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        assert_eq!(resolve_user("web", passwd, group), Ok((1000, 1001)));
+        assert_eq!(resolve_user("1000", passwd, group), Ok((1000, 1001)));
+        assert_eq!(resolve_user("2000", passwd, group), Ok((2000, 0)));
+        assert_eq!(resolve_user("web:staff", passwd, group), Ok((1000, 50)));
+        assert_eq!(resolve_user("5:7", passwd, group), Ok((5, 7)));
+        assert!(resolve_user("nobody-here", passwd, group).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! The Node object of this machine: registered at start with its capacity, addresses, system
+//! info, conditions and pod CIDR, kept current by periodic status updates, and kept alive by a
+//! Lease in `kube-node-lease` renewed every 10 seconds, as kubelet does.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::Agent;
+
+/// How long a Lease is held without renewal.
+const LEASE_SECONDS: i32 = 40;
+/// How often the Lease is renewed.
+const RENEW: Duration = Duration::from_secs(10);
+/// How often the node status is reported when nothing changed.
+const REPORT: Duration = Duration::from_secs(60);
+
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn os_image() -> String {
+    read("/etc/os-release")
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn memory_bytes() -> u64 {
+    read("/proc/meminfo")
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks() * s.fragment_size())
+        .unwrap_or(0)
+}
+
+/// The machine's first global IPv4 address (the one of its default route's interface).
+pub fn internal_ip() -> Option<String> {
+    let route = read("/proc/net/route")?;
+    let iface = route.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+    })?;
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &iface])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(String::from)
+}
+
+fn quantity(s: impl ToString) -> Quantity {
+    Quantity(s.to_string())
+}
+
+fn node_condition(kind: &str, status: &str, reason: &str, message: &str) -> NodeCondition {
+    let now = crate::status::time(Utc::now());
+    NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    }
+}
+
+impl Agent {
+    fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::from([
+            (
+                "kubernetes.io/hostname".to_string(),
+                self.config.node_name.clone(),
+            ),
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+            (
+                "kubernetes.io/arch".to_string(),
+                std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+            ),
+            ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+            (
+                "beta.kubernetes.io/arch".to_string(),
+                std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+            ),
+        ]);
+        if self.config.control_plane {
+            labels.insert(
+                "node-role.kubernetes.io/control-plane".into(),
+                "true".into(),
+            );
+        }
+        labels
+    }
+
+    /// The node's status as this machine is now.
+    pub fn node_status(&self) -> NodeStatus {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mem = memory_bytes();
+        let disk = disk_bytes(&self.config.data_dir);
+        let capacity = BTreeMap::from([
+            ("cpu".to_string(), quantity(cpus)),
+            ("memory".to_string(), quantity(format!("{}Ki", mem / 1024))),
+            ("pods".to_string(), quantity(110)),
+            (
+                "ephemeral-storage".to_string(),
+                quantity(format!("{}Ki", disk / 1024)),
+            ),
+            ("hugepages-2Mi".to_string(), quantity(0)),
+            ("hugepages-1Gi".to_string(), quantity(0)),
+        ]);
+        // Allocatable is capacity less the default hard eviction thresholds.
+        let mut allocatable = capacity.clone();
+        allocatable.insert(
+            "memory".into(),
+            quantity(format!("{}Ki", mem.saturating_sub(100 << 20) / 1024)),
+        );
+        allocatable.insert("ephemeral-storage".into(), quantity(disk / 10 * 9));
+        let mut addresses = Vec::new();
+        if let Some(ip) = &self.host_ip {
+            addresses.push(NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.clone(),
+            });
+        }
+        addresses.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: self.config.node_name.clone(),
+        });
+        let machine_id = read("/etc/machine-id").unwrap_or_default();
+        let images = self
+            .images
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| {
+                let mut names = vec![];
+                if let Some(d) = &i.manifest_digest {
+                    let repo = i
+                        .reference
+                        .rsplit_once(':')
+                        .map(|(r, _)| r)
+                        .unwrap_or(&i.reference);
+                    names.push(format!("{repo}@{d}"));
+                }
+                names.push(i.reference.clone());
+                ContainerImage {
+                    names: Some(names),
+                    size_bytes: Some(i.size as i64),
+                }
+            })
+            .collect();
+        NodeStatus {
+            capacity: Some(capacity),
+            allocatable: Some(allocatable),
+            addresses: Some(addresses),
+            conditions: Some(vec![
+                node_condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                node_condition(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                node_condition(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                node_condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            }),
+            node_info: Some(NodeSystemInfo {
+                architecture: std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+                boot_id: read("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+                container_runtime_version: format!("bosun://{}", env!("CARGO_PKG_VERSION")),
+                kernel_version: read("/proc/sys/kernel/osrelease").unwrap_or_default(),
+                kube_proxy_version: String::new(),
+                kubelet_version: crate::KUBELET_VERSION.into(),
+                machine_id: machine_id.clone(),
+                operating_system: "linux".into(),
+                os_image: os_image(),
+                system_uuid: read("/sys/class/dmi/id/product_uuid").unwrap_or(machine_id),
+                swap: None,
+            }),
+            images: Some(images),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the Node, or brings an existing one up to date.
+    pub async fn register(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let name = &self.config.node_name;
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(self.labels()),
+                annotations: Some(BTreeMap::from([(
+                    "node.alpha.kubernetes.io/ttl".to_string(),
+                    "0".to_string(),
+                )])),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(self.network.cidr().to_string()),
+                pod_cidrs: Some(vec![self.network.cidr().to_string()]),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let patch = serde_json::json!({
+                    "metadata": {"labels": self.labels()},
+                    "spec": {"podCIDR": self.network.cidr().to_string(), "podCIDRs": [self.network.cidr().to_string()]},
+                });
+                nodes
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.report_status().await
+    }
+
+    /// Writes the node's status.
+    pub async fn report_status(&self) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = serde_json::json!({ "status": self.node_status() });
+        nodes
+            .patch_status(
+                &self.config.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn renew_lease(&self, node_uid: &str) -> anyhow::Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let name = &self.config.node_name;
+        let spec = LeaseSpec {
+            holder_identity: Some(name.clone()),
+            lease_duration_seconds: Some(LEASE_SECONDS),
+            renew_time: Some(MicroTime(crate::status::timestamp(Utc::now()))),
+            ..Default::default()
+        };
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some("kube-node-lease".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: name.clone(),
+                    uid: node_uid.to_string(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            spec: Some(spec.clone()),
+        };
+        match leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let patch = serde_json::json!({"spec": spec});
+                leases
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renews the Lease every 10 s and reports the status every minute, for as long as the
+    /// agent runs; a failed round is retried at the next.
+    pub async fn heartbeat(&self) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut since_report = Duration::ZERO;
+        loop {
+            match nodes.get(&self.config.node_name).await {
+                Ok(node) => {
+                    let uid = node.metadata.uid.unwrap_or_default();
+                    if let Err(e) = self.renew_lease(&uid).await {
+                        tracing::warn!(error = %e, "renewing the node lease failed");
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    // Someone deleted the Node: register it again, as kubelet does.
+                    if let Err(e) = self.register().await {
+                        tracing::warn!(error = %e, "registering the node again failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the node failed"),
+            }
+            if since_report >= REPORT {
+                since_report = Duration::ZERO;
+                if let Err(e) = self.report_status().await {
+                    tracing::warn!(error = %e, "reporting the node status failed");
+                }
+            }
+            tokio::time::sleep(RENEW).await;
+            since_report += RENEW;
+        }
+    }
+}
