@@ -14,6 +14,7 @@ pub mod authz;
 pub mod codec;
 pub mod discovery;
 pub mod encryption;
+pub mod node_proxy;
 pub mod pki;
 pub mod protobuf;
 pub mod request;
@@ -22,6 +23,9 @@ pub mod status;
 pub mod storage;
 pub mod tls;
 pub mod tokens;
+
+/// The user of the certificate the API server calls node APIs with.
+pub const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 mod bootstrap;
 mod serve;
@@ -71,6 +75,8 @@ pub struct State {
     pub anonymous_auth: bool,
     /// The audit policy and log, when auditing is on.
     pub auditor: Option<audit::Auditor>,
+    /// How the server calls nodes (its kubelet client certificate, the cluster CA).
+    pub kubelet_client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates

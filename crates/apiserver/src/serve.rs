@@ -106,7 +106,14 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
         Some(path) => crate::authn::read_token_file(path)?,
         None => HashMap::new(),
     };
+    let kubelet_creds = pki.client(crate::KUBELET_CLIENT, &[])?;
+    let kubelet_client = Arc::new(crate::node_proxy::client_config(
+        &pki.ca_pem,
+        &kubelet_creds.cert_pem,
+        &kubelet_creds.key_pem,
+    )?);
     let state = Arc::new(State {
+        kubelet_client,
         storage,
         server_url: url.clone(),
         tokens,
@@ -354,6 +361,9 @@ async fn serve_as(
             ["openapi", "v3", rest @ ..] => return openapi_v3(&rest.join("/")),
             _ => {}
         }
+    }
+    if let Some(target) = crate::node_proxy::target(&parts.method, &path) {
+        return crate::node_proxy::proxy(&state, &user, parts, target).await;
     }
     let body = match axum::body::to_bytes(body, codec::MAX_BODY + 1).await {
         Ok(b) if b.len() > codec::MAX_BODY => return ApiError::too_large().into_response(),

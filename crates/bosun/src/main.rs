@@ -34,6 +34,19 @@ enum Command {
         #[arg(long)]
         state_root: PathBuf,
     },
+    /// Runs a command inside a running container; started by the node agent for `kubectl exec`.
+    #[command(hide = true)]
+    ExecIn {
+        /// The container's id.
+        #[arg(long)]
+        id: String,
+        /// Where running containers' state is kept.
+        #[arg(long)]
+        state_root: PathBuf,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -178,6 +191,9 @@ struct AgentArgs {
     /// The Linux bridge pods are attached to.
     #[arg(long, default_value = "bosun0")]
     pod_bridge: String,
+    /// Where the node API (logs, exec for the API server) listens.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    node_api_bind: SocketAddr,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -275,10 +291,26 @@ async fn start_agent(
             bridge: args.pod_bridge,
             shim: std::env::current_exe()?,
             control_plane: true,
+            api_addr: args.node_api_bind,
         },
         client,
     )?;
-    Ok(tokio::spawn(agent.run()))
+    let mut names = vec![
+        agent.config.node_name.clone(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+    ];
+    names.extend(agent.host_ip.clone());
+    let serving = running
+        .pki
+        .serving(&names, std::time::Duration::from_secs(365 * 24 * 3600))?;
+    let tls = node::server::Tls {
+        cert_pem: serving.cert_pem,
+        key_pem: serving.key_pem,
+        ca_pem: running.ca_pem.clone(),
+        api_server_user: apiserver::KUBELET_CLIENT.into(),
+    };
+    Ok(tokio::spawn(agent.run(tls)))
 }
 
 /// This machine's hostname, lowercased as a Node name must be.
@@ -305,8 +337,9 @@ fn async_runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    // The supervisor forks containers: it must stay single-threaded, so it runs without the
-    // async runtime; and its standard error becomes the container's, so it logs nothing there.
+    // The supervisor and the exec helper fork containers' processes: they must stay
+    // single-threaded, so they run without the async runtime; and their standard error becomes
+    // the container's, so they log nothing there.
     if let Command::Shim {
         id,
         bundle,
@@ -319,6 +352,18 @@ fn run() -> Result<()> {
             state_root,
         }));
     }
+    if let Command::ExecIn {
+        id,
+        state_root,
+        command,
+    } = cli.command
+    {
+        std::process::exit(runtime::exec::main(runtime::exec::Args {
+            id,
+            state_root,
+            command,
+        }));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BOSUN_LOG")
@@ -327,7 +372,7 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Shim { .. } => Ok(()),
+        Command::Shim { .. } | Command::ExecIn { .. } => Ok(()),
         Command::Images(args) => images(args),
         Command::Server(args) => async_runtime()?.block_on(server(args)),
     }

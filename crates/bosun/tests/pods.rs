@@ -384,3 +384,131 @@ fn running_containers_survive_a_server_restart() {
     );
     assert_eq!(c.jp("pod/steady", "{.status.phase}"), "Running");
 }
+
+#[test]
+fn logs_exec_and_cp_go_through_the_api_server_to_the_node() {
+    let c = Cluster::start_node();
+    c.apply(&pod(
+        "logger",
+        "Always",
+        "for i in 1 2 3; do echo line-$i; done; sleep 1; echo to-stderr >&2; exec sleep 3600",
+    ));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/logger",
+        "--timeout=60s",
+    ]);
+    let all = c.wait_for(10, || c.ok(&["logs", "logger"]).contains("to-stderr"));
+    assert!(all, "logs: {}", c.ok(&["logs", "logger"]));
+    assert_eq!(
+        c.ok(&["logs", "logger"]),
+        "line-1\nline-2\nline-3\nto-stderr\n"
+    );
+    assert_eq!(c.ok(&["logs", "logger", "--tail=1"]), "to-stderr\n");
+    let stamped = c.ok(&["logs", "logger", "--tail=1", "--timestamps"]);
+    assert!(
+        stamped.starts_with("20") && stamped.ends_with("Z to-stderr\n"),
+        "{stamped}"
+    );
+    assert!(
+        c.fails(&["logs", "logger", "--previous"])
+            .contains("previous terminated container")
+    );
+
+    // exec: output, exit codes, stdin, the pod's hostname, its own PID namespace
+    assert_eq!(c.ok(&["exec", "logger", "--", "hostname"]), "logger\n");
+    let out = c.kubectl(&["exec", "logger", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let echoed = c.kubectl_stdin(&["exec", "-i", "logger", "--", "cat"], "hello-stdin\n");
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "hello-stdin\n");
+    assert_eq!(
+        c.ok(&["exec", "logger", "--", "cat", "/proc/1/cmdline"])
+            .replace('\0', " ")
+            .trim(),
+        "sleep 3600"
+    );
+    assert!(
+        !c.kubectl(&["exec", "logger", "--", "ls", "/work"])
+            .status
+            .success()
+    );
+
+    // What a process writes to PID 1's stdout lands in the log, and `logs -f` streams it.
+    let mut follow = std::process::Command::new(common::kubectl_path())
+        .args(["logs", "-f", "logger"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    c.ok(&[
+        "exec",
+        "logger",
+        "--",
+        "sh",
+        "-c",
+        "echo appended >/proc/1/fd/1",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let _ = follow.kill();
+    let out = follow.wait_with_output().expect("output");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("appended"),
+        "logs -f missed the new line"
+    );
+
+    // cp both ways (tar through exec)
+    let tmp = tempfile::tempdir().expect("dir");
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "copied in\n").expect("write");
+    c.ok(&["cp", input.to_str().expect("path"), "logger:/tmp/in.txt"]);
+    assert_eq!(
+        c.ok(&["exec", "logger", "--", "cat", "/tmp/in.txt"]),
+        "copied in\n"
+    );
+    let output = tmp.path().join("out.txt");
+    c.ok(&["cp", "logger:/tmp/in.txt", output.to_str().expect("path")]);
+    assert_eq!(
+        std::fs::read_to_string(&output).expect("read"),
+        "copied in\n"
+    );
+
+    // Crashing containers keep the previous attempt's log.
+    c.apply(&pod("crasher", "Always", "echo boom; exit 1"));
+    let restarted = c.wait_for(30, || {
+        c.jp("pod/crasher", "{.status.containerStatuses[0].restartCount}") != "0"
+    });
+    assert!(restarted);
+    assert_eq!(c.ok(&["logs", "crasher", "--previous"]), "boom\n");
+}
+
+#[test]
+fn the_node_api_refuses_callers_other_than_the_api_server() {
+    let c = Cluster::start_node();
+    // No client certificate: the TLS handshake itself fails.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://127.0.0.1:10250/healthz",
+        ])
+        .output()
+        .expect("curl");
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    // A user of the cluster cannot read logs without RBAC permission on pods/log.
+    c.apply(&pod("quiet", "Always", "exec sleep 3600"));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/quiet",
+        "--timeout=60s",
+    ]);
+    let denied = c.fails(&["logs", "quiet", "--as=nobody"]);
+    assert!(denied.contains("forbidden"), "{denied}");
+    let denied = c.fails(&["exec", "quiet", "--as=nobody", "--", "true"]);
+    assert!(denied.contains("forbidden"), "{denied}");
+}

@@ -4,20 +4,26 @@
 //! and containers in order with the runtime, restarts them by the pod's restart policy with
 //! kubelet's back-off ([`backoff`]), stops them gracefully when the pod is deleted, and reports
 //! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
-//! spec as Kubernetes defines it ([`process`]).
+//! spec as Kubernetes defines it ([`process`]). The node API ([`server`]) serves their logs
+//! ([`logs`]) and runs commands in them ([`exec`]) for the API server.
 //!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
 
 pub mod backoff;
 pub mod events;
+pub mod exec;
+pub mod logs;
 pub mod pods;
 pub mod process;
 pub mod registration;
+pub mod server;
 pub mod status;
 pub mod volumes;
 pub mod worker;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +50,8 @@ pub struct Config {
     pub shim: PathBuf,
     /// Whether this node runs the control plane (labelled as such).
     pub control_plane: bool,
+    /// Where the node API listens.
+    pub api_addr: SocketAddr,
 }
 
 /// The agent: what every part of it shares.
@@ -64,6 +72,8 @@ pub struct Agent {
     pub host_ip: Option<String>,
     /// Restart back-off of crashing containers, by pod uid and container name.
     pub backoff: Mutex<backoff::Backoff>,
+    /// The uids of the pods on this node, by namespace and name.
+    pub pods: Mutex<HashMap<(String, String), String>>,
 }
 
 impl Agent {
@@ -84,6 +94,7 @@ impl Agent {
             network,
             events,
             backoff: Mutex::new(backoff::Backoff::default()),
+            pods: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -92,8 +103,9 @@ impl Agent {
         self.config.data_dir.join("agent")
     }
 
-    /// Registers the node and runs it until an unrecoverable error.
-    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+    /// Registers the node and runs it, serving the node API with `tls`, until an unrecoverable
+    /// error.
+    pub async fn run(self: Arc<Self>, tls: server::Tls) -> anyhow::Result<()> {
         let mut attempt = 0;
         while let Err(e) = self.register().await {
             attempt += 1;
@@ -104,9 +116,11 @@ impl Agent {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         let beat = self.clone();
+        let api = server::serve(self.clone(), self.config.api_addr, tls);
         tokio::select! {
             _ = beat.heartbeat() => anyhow::bail!("the node heartbeat stopped"),
             r = pods::run(self.clone()) => r,
+            r = api => r,
         }
     }
 }

@@ -34,6 +34,9 @@ pub async fn run(agent: Arc<Agent>) -> anyhow::Result<()> {
             Some(uid) = done_rx.recv() => {
                 if workers.get(&uid).is_some_and(|tx| tx.borrow().is_none()) {
                     workers.remove(&uid);
+                    if let Ok(mut pods) = agent.pods.lock() {
+                        pods.retain(|_, u| *u != uid);
+                    }
                 }
             }
             event = events.next() => {
@@ -50,6 +53,13 @@ pub async fn run(agent: Arc<Agent>) -> anyhow::Result<()> {
                     Event::InitApply(pod) | Event::Apply(pod) => {
                         let Some(uid) = pod.metadata.uid.clone() else { continue };
                         listed.insert(uid.clone());
+                        if let Ok(mut pods) = agent.pods.lock() {
+                            let key = (
+                                pod.metadata.namespace.clone().unwrap_or_default(),
+                                pod.metadata.name.clone().unwrap_or_default(),
+                            );
+                            pods.insert(key, uid.clone());
+                        }
                         match workers.get(&uid) {
                             Some(tx) => {
                                 tx.send_replace(Some(pod));

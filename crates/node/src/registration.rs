@@ -214,7 +214,9 @@ impl Agent {
                 ),
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.config.api_addr.port()),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: std::env::consts::ARCH

@@ -395,6 +395,12 @@ impl Runtime {
         }
     }
 
+    /// The helper command that runs `command` inside running container `id` (see
+    /// [`crate::exec`]); the caller sets its stdio.
+    pub fn exec_command(&self, id: &str, command: &[String]) -> Command {
+        crate::exec::helper(&self.shim, &self.state_root, id, command)
+    }
+
     /// Removes a container that is not running: its root, bundle and state (its log stays).
     pub fn remove(&self, id: &str) -> Result<()> {
         if let State::Running(_) = self.get(id)?.state {

@@ -5,7 +5,8 @@
 //!   [`reference`], image names as docker and Kubernetes read them.
 //! - [`container`]: containers created from images, started under a supervisor ([`shim`]) that
 //!   outlives the agent, read back, signalled and removed; [`bundle`] writes their OCI runtime
-//!   spec and [`rootfs`] their overlayfs root; [`cri_log`] is the format of their logs.
+//!   spec and [`rootfs`] their overlayfs root; [`exec`] runs more processes in them;
+//!   [`cri_log`] is the format of their logs.
 //! - [`sandbox`]: the namespaces the containers of one pod share; [`cgroups`] removes a pod's
 //!   cgroups once its containers are gone.
 
@@ -13,6 +14,7 @@ pub mod bundle;
 pub mod cgroups;
 pub mod container;
 pub mod cri_log;
+pub mod exec;
 pub mod images;
 pub mod reference;
 pub mod rootfs;

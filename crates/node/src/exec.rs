@@ -1,0 +1,165 @@
+//! `kubectl exec` on the node: the remote command protocol over a WebSocket
+//! (`v5.channel.k8s.io`, or `v4.channel.k8s.io`). Every binary message starts with its channel:
+//! 0 stdin, 1 stdout, 2 stderr, 3 the final status (a metav1.Status: Success, or Failure with
+//! the exit code as an `ExitCode` cause, which kubectl turns into its own exit code), 4 terminal
+//! resizes; in v5, a message `[255, channel]` closes a channel (kubectl closes stdin that way at
+//! its end of input).
+//!
+//! The command runs through the runtime's exec helper, inside the container's namespaces and
+//! cgroup. Terminals (`-t`) are not supported yet: the command runs without one.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::Agent;
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// The protocols offered, best first.
+pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// The final status of a command that exited with `code`.
+pub fn exit_status(command: &[String], code: i32) -> serde_json::Value {
+    if code == 0 {
+        return serde_json::json!({"metadata": {}, "status": "Success"});
+    }
+    serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}
+
+/// Accepts the WebSocket and runs `command` in container `id` over it.
+pub fn upgrade(
+    agent: Arc<Agent>,
+    ws: WebSocketUpgrade,
+    id: String,
+    command: Vec<String>,
+) -> Response {
+    let ws = ws.protocols(PROTOCOLS);
+    ws.on_upgrade(move |socket| async move {
+        if let Err(e) = run(agent, socket, id, command).await {
+            tracing::debug!(error = %e, "exec session ended with an error");
+        }
+    })
+}
+
+async fn run(
+    agent: Arc<Agent>,
+    socket: WebSocket,
+    id: String,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let (mut sink, mut source) = socket.split();
+    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(&id, &command));
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(32);
+    // kubectl learns the stream is up from a first, empty message on stdout.
+    out_tx.send(vec![STDOUT]).await?;
+    let out_task = tokio::spawn(pump(stdout, STDOUT, out_tx.clone()));
+    let err_task = tokio::spawn(pump(stderr, STDERR, out_tx.clone()));
+    drop(out_tx);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    // Input from the client until it closes stdin or the socket.
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            match msg {
+                Message::Binary(data) if !data.is_empty() => match data[0] {
+                    STDIN => {
+                        if let Some(w) = stdin.as_mut()
+                            && w.write_all(&data[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    CLOSE if data.get(1) == Some(&STDIN) => stdin = None,
+                    _ => {}
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    let status = child.wait().await?;
+    let _ = out_task.await;
+    let _ = err_task.await;
+    let mut sink = writer.await?;
+    reader.abort();
+    let code = status.code().unwrap_or(255);
+    let mut frame = vec![ERROR];
+    frame.extend_from_slice(&serde_json::to_vec(&exit_status(&command, code))?);
+    sink.send(Message::Binary(frame.into())).await?;
+    // A normal closure (1000): kubectl reads it as the end of every stream.
+    let _ = sink
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    Ok(())
+}
+
+/// Copies a process's output into frames of `channel`.
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    reader: Option<R>,
+    channel: u8,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
+    let Some(mut r) = reader else { return };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf[0] = channel;
+                if tx.send(buf[..=n].to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_zero_exits_carry_the_code_as_kubectl_reads_it() {
+        let s = exit_status(&["sh".into()], 3);
+        assert_eq!(s["status"], "Failure");
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        assert_eq!(exit_status(&[], 0)["status"], "Success");
+    }
+}
