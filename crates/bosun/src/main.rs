@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the control plane (API server on an embedded store, controllers).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Manages the images of this node.
     Images(ImagesArgs),
     /// Supervises one container; started by the node agent, not by people.
@@ -374,6 +374,6 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Shim { .. } | Command::ExecIn { .. } => Ok(()),
         Command::Images(args) => images(args),
-        Command::Server(args) => async_runtime()?.block_on(server(args)),
+        Command::Server(args) => async_runtime()?.block_on(server(*args)),
     }
 }
