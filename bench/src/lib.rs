@@ -32,14 +32,19 @@ pub fn bosun_binary() -> Result<PathBuf> {
 }
 
 impl Server {
-    /// Starts `bosun server` and waits until it answers.
+    /// Starts `bosun server` (control plane only) and waits until it answers.
     pub async fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, &["--disable-agent"]).await
+    }
+
+    /// Starts `bosun server` on `dir` with extra arguments and waits until it answers.
+    pub async fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Result<Self> {
         let started = Instant::now();
         let child = Command::new(bosun_binary()?)
             .args(["server", "--data-dir"])
             .arg(dir.path())
             .args(["--bind", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -100,6 +105,17 @@ pub fn rss_mib(pid: u32) -> f64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Proportional set size of a process (shared pages split among their users), in MiB: what
+/// a process really costs when many run the same binary.
+pub fn pss_mib(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
