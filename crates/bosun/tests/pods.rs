@@ -26,6 +26,13 @@ spec:
     )
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn row(c: &Cluster, name: &str) -> String {
     c.ok(&["get", "pod", name, "--no-headers"])
 }
@@ -164,6 +171,29 @@ fn a_pod_runs_isolated_with_an_address_and_is_deleted_gracefully() {
     for reason in ["Pulled", "Created", "Started"] {
         assert!(events.contains(reason), "events {events}");
     }
+
+    // kubectl port-forward: WebSocket-tunnelled SPDY to the pod's loopback, twice in a row.
+    let port = free_port();
+    let mut forward = std::process::Command::new(common::kubectl_path())
+        .args(["port-forward", "pod/web", &format!("{port}:8080")])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let url = format!("http://127.0.0.1:{port}/");
+    let fetch = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", &url])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let forwarded = c.wait_for(10, || fetch() == "hello from busybox");
+    assert!(forwarded, "port-forward never answered");
+    assert_eq!(fetch(), "hello from busybox", "a second connection");
+    let _ = forward.kill();
+    let _ = forward.wait();
 
     // httpd as PID 1 ignores SIGTERM: it is killed when the 2 s grace period ends.
     let t = std::time::Instant::now();

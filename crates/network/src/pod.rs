@@ -160,6 +160,22 @@ impl PodNetwork {
     }
 }
 
+/// Connects to `port` on the loopback of the network namespace pinned at `netns`: the socket
+/// is made inside the namespace and stays there, whichever thread uses it afterwards.
+pub fn connect_in(
+    netns: &Path,
+    port: u16,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let ns = File::open(netns)?;
+    std::thread::spawn(move || {
+        setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        std::net::TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), timeout)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 /// Runs `work` on a fresh thread that has entered the network namespace pinned at `netns`; the
 /// processes it starts are in that namespace too.
 fn in_netns(netns: &Path, work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {

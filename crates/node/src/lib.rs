@@ -5,7 +5,8 @@
 //! kubelet's back-off ([`backoff`]), stops them gracefully when the pod is deleted, and reports
 //! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
 //! spec as Kubernetes defines it ([`process`]). The node API ([`server`]) serves their logs
-//! ([`logs`]) and runs commands in them ([`exec`]) for the API server.
+//! ([`logs`]), runs commands in them ([`exec`]) and forwards ports to them ([`portforward`],
+//! over [`spdy`]) for the API server.
 //!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
@@ -15,9 +16,11 @@ pub mod events;
 pub mod exec;
 pub mod logs;
 pub mod pods;
+pub mod portforward;
 pub mod process;
 pub mod registration;
 pub mod server;
+pub mod spdy;
 pub mod status;
 pub mod volumes;
 pub mod worker;

@@ -5,6 +5,8 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}`: the container's log ([`crate::logs`]).
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=...&stdin=&stdout=&stderr=`: a
 //!   WebSocket in the `v5.channel.k8s.io` (or v4) protocol; see [`crate::exec`].
+//! - `GET|POST /portForward/{namespace}/{pod}`: a WebSocket tunnelling SPDY/3.1
+//!   (`SPDY/3.1+portforward.k8s.io`); see [`crate::portforward`].
 //! - `GET /healthz`.
 
 use std::collections::HashMap;
@@ -87,6 +89,10 @@ pub async fn serve(agent: Arc<Agent>, addr: SocketAddr, tls: Tls) -> anyhow::Res
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(port_forward).post(port_forward),
+        )
         .with_state(agent);
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -176,6 +182,26 @@ async fn exec(
         Err(msg) => return bad_request(msg),
     };
     crate::exec::upgrade(agent, ws, id, command)
+}
+
+async fn port_forward(
+    State(agent): State<Arc<Agent>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    ws: Result<
+        axum::extract::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let Ok(ws) = ws else {
+        return bad_request(format!(
+            "port-forward needs a WebSocket upgrade ({})",
+            crate::portforward::PROTOCOL
+        ));
+    };
+    match crate::portforward::start(&agent, ws, &namespace, &pod) {
+        Ok(r) => r,
+        Err(msg) => bad_request(msg),
+    }
 }
 
 /// Query pairs in order, repeated keys kept (`command=sh&command=-c`).
