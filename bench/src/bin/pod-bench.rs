@@ -95,9 +95,10 @@ fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
             let started =
                 std::fs::read_to_string(e.path().join("started.json")).unwrap_or_default();
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&started)
-                && let Some(pid) = v["shimPid"].as_u64() {
-                    out.push(pid as u32);
-                }
+                && let Some(pid) = v["shimPid"].as_u64()
+            {
+                out.push(pid as u32);
+            }
         }
     }
     out

@@ -16,6 +16,7 @@
 //!   objects against them.
 //! - [`meta`]: reading and writing object metadata on JSON values.
 //! - [`validation`]: field errors and the name rules.
+//! - [`quantity`]: resource quantities (`100m`, `64Mi`) as numbers.
 
 pub mod convert;
 pub mod defaults;
@@ -25,6 +26,7 @@ pub mod openapi;
 pub mod openapi_pb;
 pub mod patch;
 pub mod patch_meta;
+pub mod quantity;
 pub mod registry;
 pub mod schema;
 pub mod selector;

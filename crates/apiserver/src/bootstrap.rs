@@ -355,6 +355,58 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             )],
             None,
         ),
+        // the scheduler: it reads pods and nodes, binds pods and reports those it cannot place
+        cluster_role(
+            "system:kube-scheduler",
+            json!({}),
+            vec![
+                rule(
+                    &[""],
+                    &[
+                        "pods",
+                        "nodes",
+                        "namespaces",
+                        "services",
+                        "persistentvolumeclaims",
+                        "persistentvolumes",
+                    ],
+                    &["get", "list", "watch"],
+                ),
+                rule(&[""], &["pods/binding", "bindings"], &["create"]),
+                rule(&[""], &["pods/status"], &["patch", "update"]),
+                rule(
+                    &["", "events.k8s.io"],
+                    &["events"],
+                    &["create", "patch", "update"],
+                ),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["create", "get", "update"],
+                ),
+                rule(
+                    &["apps"],
+                    &["replicasets", "statefulsets"],
+                    &["get", "list", "watch"],
+                ),
+                rule(
+                    &["policy"],
+                    &["poddisruptionbudgets"],
+                    &["get", "list", "watch"],
+                ),
+                rule(
+                    &["storage.k8s.io"],
+                    &[
+                        "storageclasses",
+                        "csinodes",
+                        "csidrivers",
+                        "csistoragecapacities",
+                    ],
+                    &["get", "list", "watch"],
+                ),
+            ],
+            None,
+        ),
         // what a node agent (kubelet) needs, as upstream's `system:node` role grants it
         cluster_role(
             "system:node",
@@ -456,6 +508,11 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             "system:kube-controller-manager",
             "system:kube-controller-manager",
             json!([user("system:kube-controller-manager")]),
+        ),
+        cluster_binding(
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            json!([user("system:kube-scheduler")]),
         ),
     ];
     (roles, bindings)

@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the control plane (API server on an embedded store, controllers).
+    /// Runs a cluster: the control plane (API server on an embedded store, controllers,
+    /// scheduler) and a node agent for this machine.
     Server(Box<ServerArgs>),
     /// Manages the images of this node.
     Images(ImagesArgs),
@@ -219,6 +220,9 @@ async fn server(args: ServerArgs) -> Result<()> {
         running.ca_pem.clone(),
         Some(signer),
     );
+    let scheduler = tokio::spawn(scheduler::run(
+        component_client(&running, "system:kube-scheduler", &[]).await?,
+    ));
     let agent = if args.disable_agent {
         None
     } else {
@@ -243,6 +247,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     tokio::select! {
         r = running.task => r?,
         r = ctrl => r??,
+        r = scheduler => r??,
         r = agent_done => r??,
         _ = tokio::signal::ctrl_c() => {}
     }

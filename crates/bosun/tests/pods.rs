@@ -542,3 +542,92 @@ fn the_node_api_refuses_callers_other_than_the_api_server() {
     let denied = c.fails(&["exec", "quiet", "--as=nobody", "--", "true"]);
     assert!(denied.contains("forbidden"), "{denied}");
 }
+
+#[test]
+fn scenario_02_pod_basics() {
+    Cluster::start_node().scenario("02-pod-basics");
+}
+
+#[test]
+fn scenario_03_restart_policy() {
+    Cluster::start_node().scenario("03-restart-policy");
+}
+
+#[test]
+fn the_scheduler_places_pods_and_explains_those_that_fit_nowhere() {
+    let c = Cluster::start_node();
+    c.ok(&[
+        "run",
+        "placed",
+        "--image=busybox:1.36",
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/placed",
+        "--timeout=60s",
+    ]);
+    assert_eq!(c.jp("pod/placed", "{.spec.nodeName}"), NODE);
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=placed",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains(&format!("Successfully assigned default/placed to {NODE}")),
+        "{events}"
+    );
+
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: greedy}\nspec:\n  containers:\n  - name: main\n    image: busybox:1.36\n    resources: {requests: {cpu: '500'}}\n",
+    );
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: nvme}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sleep, '3600']\n",
+    );
+    let reported = c.wait_for(20, || {
+        c.jp(
+            "pod/greedy",
+            "{.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+        ) == "Unschedulable"
+            && c.jp(
+                "pod/picky",
+                "{.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+            ) == "Unschedulable"
+    });
+    assert!(reported, "unschedulable pods were not reported");
+    let msg = c.jp(
+        "pod/greedy",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+    );
+    assert!(
+        msg.starts_with("0/1 nodes are available: 1 Insufficient cpu."),
+        "{msg}"
+    );
+    let msg = c.jp(
+        "pod/picky",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+    );
+    assert!(
+        msg.contains("didn't match Pod's node affinity/selector"),
+        "{msg}"
+    );
+    assert!(
+        c.ok(&["describe", "pod", "picky"])
+            .contains("FailedScheduling")
+    );
+    // Once the node has the label, the pod is placed.
+    c.ok(&["label", "node", NODE, "disk=nvme"]);
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/picky",
+        "--timeout=60s",
+    ]);
+}

@@ -48,10 +48,9 @@ async fn session(socket: WebSocket, pod: String, netns: PathBuf) -> anyhow::Resu
     let feeder = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b)
-                    if feed.write_all(&b).await.is_err() => {
-                        break;
-                    }
+                Message::Binary(b) if feed.write_all(&b).await.is_err() => {
+                    break;
+                }
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -124,21 +123,23 @@ async fn session(socket: WebSocket, pod: String, netns: PathBuf) -> anyhow::Resu
                     continue;
                 };
                 if pair.data == Some(stream_id)
-                    && let Some(tx) = &pair.to_pod {
-                        if !data.is_empty() {
-                            let _ = tx.send(Some(data));
-                        }
-                        if fin {
-                            let _ = tx.send(None);
-                        }
+                    && let Some(tx) = &pair.to_pod
+                {
+                    if !data.is_empty() {
+                        let _ = tx.send(Some(data));
                     }
+                    if fin {
+                        let _ = tx.send(None);
+                    }
+                }
             }
             Frame::RstStream { stream_id } => {
                 if let Some(request) = by_stream.remove(&stream_id)
                     && let Some(pair) = pairs.get_mut(&request)
-                        && pair.data == Some(stream_id) {
-                            pair.to_pod = None;
-                        }
+                    && pair.data == Some(stream_id)
+                {
+                    pair.to_pod = None;
+                }
             }
             Frame::Ping(id) => out_tx.send(spdy::ping(id))?,
             Frame::GoAway => break,

@@ -1,0 +1,273 @@
+//! The scheduler (`default-scheduler`): it watches nodes and pods through the API, and puts
+//! each pod that has no node (and names this scheduler) on the node that fits it best, by the
+//! filter and score [`plugins`], with the pod's `binding` subresource, recording a `Scheduled`
+//! event. A pod that fits nowhere gets the PodScheduled=False condition (reason Unschedulable)
+//! and a FailedScheduling event with upstream's message, and is tried again when the cluster
+//! changes.
+
+pub mod plugins;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+
+/// The scheduler's name, as pods name it in `spec.schedulerName`.
+pub const NAME: &str = "default-scheduler";
+
+fn now() -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::from_microsecond(Utc::now().timestamp_micros())
+            .unwrap_or_default(),
+    )
+}
+
+fn pending(p: &Pod) -> bool {
+    let spec = p.spec.as_ref();
+    let terminal = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+    spec.is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty())
+        && spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .is_none_or(|n| n.is_empty() || n == NAME)
+        && p.metadata.deletion_timestamp.is_none()
+        && !terminal
+}
+
+fn bound_to<'a>(pods: &'a [Arc<Pod>], node: &str) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .filter(|p| {
+            !p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
+        })
+        .map(|p| p.as_ref())
+        .collect()
+}
+
+/// Runs the scheduler until its watches end.
+pub async fn run(client: kube::Client) -> anyhow::Result<()> {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let changed = Arc::new(Notify::new());
+    let node_stream = {
+        let changed = changed.clone();
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(node_writer)
+            .applied_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            })
+    };
+    let pod_stream = {
+        let changed = changed.clone();
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(pod_writer)
+            .touched_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                futures::future::ready(())
+            })
+    };
+    let scheduler = Scheduler {
+        client,
+        nodes,
+        pods,
+        reported: HashMap::new(),
+    };
+    tokio::select! {
+        _ = node_stream => anyhow::bail!("the node watch ended"),
+        _ = pod_stream => anyhow::bail!("the pod watch ended"),
+        r = scheduler.run(changed) => r,
+    }
+}
+
+struct Scheduler {
+    client: kube::Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    /// The last unschedulable message reported per pod uid.
+    reported: HashMap<String, String>,
+}
+
+impl Scheduler {
+    async fn run(mut self, changed: Arc<Notify>) -> anyhow::Result<()> {
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        loop {
+            self.pass().await;
+            // Unschedulable pods are retried when something changes, and at least every 5 s.
+            let _ = tokio::time::timeout(Duration::from_secs(5), changed.notified()).await;
+        }
+    }
+
+    /// Schedules every pending pod once, oldest first.
+    async fn pass(&mut self) {
+        let nodes = self.nodes.state();
+        let mut pods: Vec<Arc<Pod>> = self.pods.state();
+        let mut queue: Vec<Arc<Pod>> = pods.iter().filter(|p| pending(p)).cloned().collect();
+        queue.sort_by_key(|p| {
+            (
+                std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+                p.metadata.creation_timestamp.clone().map(|t| t.0),
+            )
+        });
+        for pod in queue {
+            let mut reasons = Vec::new();
+            let mut best: Option<(i64, &Node)> = None;
+            for node in &nodes {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let others = bound_to(&pods, &name);
+                match plugins::filter(&pod, node, &others) {
+                    Ok(()) => {
+                        let s = plugins::score(&pod, node, &others);
+                        if best.is_none_or(|(b, _)| s > b) {
+                            best = Some((s, node));
+                        }
+                    }
+                    Err(r) => reasons.push(r),
+                }
+            }
+            match best {
+                Some((_, node)) => {
+                    let node_name = node.metadata.name.clone().unwrap_or_default();
+                    match self.bind(&pod, &node_name).await {
+                        Ok(()) => {
+                            // Count it on its node for the rest of this pass.
+                            let mut assumed = (*pod).clone();
+                            if let Some(spec) = assumed.spec.as_mut() {
+                                spec.node_name = Some(node_name);
+                            }
+                            pods.push(Arc::new(assumed));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "binding failed"),
+                    }
+                }
+                None => {
+                    let msg = plugins::unschedulable_message(nodes.len(), &reasons);
+                    self.unschedulable(&pod, &msg).await;
+                }
+            }
+        }
+        let live: std::collections::HashSet<String> =
+            pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        self.reported.retain(|uid, _| live.contains(uid));
+    }
+
+    async fn bind(&mut self, pod: &Pod, node: &str) -> anyhow::Result<()> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+        };
+        api.create_subresource::<_, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await?;
+        self.event(
+            pod,
+            "Normal",
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{name} to {node}"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn unschedulable(&mut self, pod: &Pod, msg: &str) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.reported.get(&uid).map(String::as_str) == Some(msg) {
+            return;
+        }
+        self.reported.insert(uid, msg.to_string());
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": msg,
+            "lastTransitionTime": now(),
+        }]}});
+        // A strategic merge patch keeps the other conditions (merge key: type).
+        if let Err(e) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            tracing::debug!(error = %e, "reporting an unschedulable pod failed");
+        }
+        self.event(pod, "Warning", "FailedScheduling", msg).await;
+    }
+
+    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{name}.{:x}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                )),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(name),
+                namespace: Some(ns.clone()),
+                uid: pod.metadata.uid.clone(),
+                resource_version: pod.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(kind.into()),
+            source: Some(EventSource {
+                component: Some(NAME.into()),
+                host: None,
+            }),
+            reporting_component: Some(NAME.into()),
+            first_timestamp: Some(now()),
+            last_timestamp: Some(now()),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::debug!(error = %e, "recording an event failed");
+        }
+    }
+}
