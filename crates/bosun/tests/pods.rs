@@ -631,3 +631,43 @@ fn the_scheduler_places_pods_and_explains_those_that_fit_nowhere() {
         "--timeout=60s",
     ]);
 }
+
+#[test]
+fn lifecycle_hooks_run_after_start_and_before_stop() {
+    let c = Cluster::start_node();
+    let host = tempfile::tempdir().expect("dir");
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 5
+  volumes: [{{name: out, hostPath: {{path: {host}, type: Directory}}}}]
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sh", "-c", "while [ ! -e /tmp/post-start ]; do sleep 0.1; done; echo saw-post-start; exec sleep 3600"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      postStart: {{exec: {{command: ["sh", "-c", "touch /tmp/post-start"]}}}}
+      preStop: {{exec: {{command: ["sh", "-c", "echo pre-stop > /out/pre-stop"]}}}}
+"#,
+        host = host.path().display()
+    ));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hooked",
+        "--timeout=60s",
+    ]);
+    let saw = c.wait_for(10, || c.ok(&["logs", "hooked"]).contains("saw-post-start"));
+    assert!(saw, "the postStart hook did not run");
+    c.ok(&["delete", "pod", "hooked", "--timeout=30s"]);
+    let written = std::fs::read_to_string(host.path().join("pre-stop")).unwrap_or_default();
+    assert_eq!(
+        written, "pre-stop\n",
+        "the preStop hook did not run before the container stopped"
+    );
+}

@@ -4,7 +4,7 @@
 //! and containers in order with the runtime, restarts them by the pod's restart policy with
 //! kubelet's back-off ([`backoff`]), stops them gracefully when the pod is deleted, and reports
 //! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
-//! spec as Kubernetes defines it ([`process`]). The node API ([`server`]) serves their logs
+//! spec as Kubernetes defines it ([`process`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]) and forwards ports to them ([`portforward`],
 //! over [`spdy`]) for the API server.
 //!
@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod events;
 pub mod exec;
+pub mod handler;
 pub mod logs;
 pub mod pods;
 pub mod portforward;

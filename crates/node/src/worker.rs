@@ -588,7 +588,7 @@ impl Worker {
             }
             Ok(()) => {
                 self.waiting.remove(&key);
-                self.ids.push(id);
+                self.ids.push(id.clone());
                 self.agent
                     .events
                     .record(
@@ -609,6 +609,29 @@ impl Worker {
                         &format!("Started container {}", c.name),
                     )
                     .await;
+                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let ip = self.pod_ip.clone().unwrap_or_default();
+                    let timeout = Duration::from_secs(grace_of(pod) as u64);
+                    if let Err(e) =
+                        crate::handler::run_hook(&self.agent, hook, c, &id, &ip, timeout).await
+                    {
+                        // A failed postStart hook kills the container; the restart policy decides.
+                        let msg = format!("PostStartHook failed: {e}");
+                        self.agent
+                            .events
+                            .record(
+                                pod,
+                                Some(&c.name),
+                                Kind::Warning,
+                                "FailedPostStartHook",
+                                &msg,
+                            )
+                            .await;
+                        let _ = self
+                            .blocking(move |a| a.runtime.stop(&id, Duration::ZERO))
+                            .await;
+                    }
+                }
             }
         }
     }
@@ -742,9 +765,49 @@ impl Worker {
         .await;
     }
 
-    /// Stops every running container of the pod within `grace`, in parallel.
+    /// Stops every running container of the pod within `grace`, in parallel: its preStop hook
+    /// first, then SIGTERM, then SIGKILL when the grace period is over.
     async fn stop_all(&mut self, pod: &Pod, grace: Duration) {
         let observed = self.observe().await;
+        let started = std::time::Instant::now();
+        let specs: Vec<ContainerSpec> = pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .cloned()
+            .collect();
+        let ip = self.pod_ip.clone().unwrap_or_default();
+        let mut hooks = Vec::new();
+        for c in observed
+            .iter()
+            .filter(|c| matches!(c.state, State::Running(_)))
+        {
+            let Some(spec) = specs.iter().find(|s| s.name == name_of(c)) else {
+                continue;
+            };
+            if let Some(hook) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) {
+                let (agent, spec, id, ip) =
+                    (self.agent.clone(), spec.clone(), c.id.clone(), ip.clone());
+                hooks.push(tokio::spawn(async move {
+                    let r = crate::handler::run_hook(&agent, &hook, &spec, &id, &ip, grace).await;
+                    (spec.name.clone(), r)
+                }));
+            }
+        }
+        for h in hooks {
+            if let Ok((name, Err(e))) = h.await {
+                let msg = format!("PreStopHook failed: {e}");
+                self.agent
+                    .events
+                    .record(pod, Some(&name), Kind::Warning, "FailedPreStopHook", &msg)
+                    .await;
+            }
+        }
+        let grace = grace.saturating_sub(started.elapsed());
         let mut stops = Vec::new();
         for c in observed
             .iter()

@@ -151,9 +151,10 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
         return true;
     };
     if let Some(selector) = &spec.node_selector
-        && !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
+        && !selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
     let required = spec
         .affinity
         .as_ref()

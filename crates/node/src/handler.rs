@@ -1,0 +1,199 @@
+//! The actions of lifecycle hooks (and, with their issue, probes): `exec` a command in the
+//! container (success is exit code 0), `httpGet` (success is a status from 200 to 399) and
+//! `tcpSocket` (success is an accepted connection), each within a timeout, as kubelet runs them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::Agent;
+
+/// A port as a handler names it: a number, or the name of one of the container's ports.
+pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+        IntOrString::String(name) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return Ok(n);
+            }
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .ok_or_else(|| format!("couldn't find port: {name} in {}", container.name))
+        }
+    }
+}
+
+/// Runs a command in container `id`; Ok when it exits 0.
+pub async fn exec(
+    agent: &Agent,
+    id: &str,
+    action: &ExecAction,
+    timeout: Duration,
+) -> Result<(), String> {
+    let command = action.command.clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err("the exec action has no command".into());
+    }
+    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(id, &command));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let run = async {
+        let out = cmd.output().await.map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Err(format!(
+                "command {command:?} exited with {}: {}",
+                out.status.code().unwrap_or(-1),
+                text.trim()
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("command {command:?} timed out after {timeout:?}"))?
+}
+
+/// Sends an HTTP GET; Ok with the status when it is from 200 to 399.
+pub async fn http_get(
+    action: &HTTPGetAction,
+    container: &Container,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    if action
+        .scheme
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
+    {
+        return Err("httpGet with scheme HTTPS is not supported yet".into());
+    }
+    let port = resolve_port(&action.port, container)?;
+    let host = action
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string());
+    let path = action
+        .path
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let run = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let authority = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            _ => format!("{host}:{port}"),
+        };
+        let mut req = http::Request::get(&path)
+            .header(http::header::HOST, authority)
+            .header(http::header::USER_AGENT, "kube-probe/1.33")
+            .header(http::header::ACCEPT, "*/*");
+        for h in action.http_headers.iter().flatten() {
+            req = req.header(h.name.as_str(), h.value.as_str());
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        if (200..400).contains(&code) {
+            Ok(code)
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("Get \"http://{host}:{port}{path}\": context deadline exceeded"))?
+}
+
+/// Opens a TCP connection; Ok when it is accepted.
+pub async fn tcp_socket(
+    action: &TCPSocketAction,
+    container: &Container,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let port = resolve_port(&action.port, container)?;
+    let host = action
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string());
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+        Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+    }
+}
+
+/// Runs a lifecycle hook (postStart or preStop) of a container.
+pub async fn run_hook(
+    agent: &Agent,
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    container: &Container,
+    id: &str,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(e) = &hook.exec {
+        return exec(agent, id, e, timeout).await;
+    }
+    if let Some(h) = &hook.http_get {
+        return http_get(h, container, pod_ip, timeout).await.map(|_| ());
+    }
+    if let Some(t) = &hook.tcp_socket {
+        return tcp_socket(t, container, pod_ip, timeout).await;
+    }
+    if let Some(s) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(timeout)).await;
+        return Ok(());
+    }
+    Err("the hook has no action".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_resolve_by_number_or_name() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "web", "ports": [{"name": "http", "containerPort": 8080}]
+        }))
+        .expect("container");
+        assert_eq!(resolve_port(&IntOrString::Int(80), &c), Ok(80));
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c),
+            Ok(8080)
+        );
+        assert_eq!(
+            resolve_port(&IntOrString::String("9090".into()), &c),
+            Ok(9090)
+        );
+        assert!(resolve_port(&IntOrString::String("admin".into()), &c).is_err());
+    }
+}
