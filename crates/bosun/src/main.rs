@@ -195,6 +195,9 @@ struct AgentArgs {
     /// Where the node API (logs, exec for the API server) listens.
     #[arg(long, default_value = "0.0.0.0:10250")]
     node_api_bind: SocketAddr,
+    /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -297,6 +300,7 @@ async fn start_agent(
             shim: std::env::current_exe()?,
             control_plane: true,
             api_addr: args.node_api_bind,
+            insecure_registries: args.insecure_registries,
         },
         client,
     )?;

@@ -671,3 +671,180 @@ spec:
         "the preStop hook did not run before the container stopped"
     );
 }
+
+/// A Docker registry (Debian's `docker-registry`) on loopback with a user, holding busybox
+/// pushed by `skopeo`, gzip-compressed as `tools/busybox:1.36` and zstd-compressed as
+/// `tools/busybox:zstd`.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        for tool in ["docker-registry", "skopeo", "htpasswd"] {
+            let found = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                found,
+                "{tool} is missing: apt-get install docker-registry skopeo apache2-utils"
+            );
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let port = free_port();
+        let htpasswd = std::process::Command::new("htpasswd")
+            .args(["-Bbn", "alice", "secret"])
+            .output()
+            .expect("htpasswd");
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).expect("write");
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: bosun-test\n    path: {root}/htpasswd\n",
+                root = dir.path().display()
+            ),
+        )
+        .expect("write");
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        let registry = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let archive = common::busybox_archives(&registry._dir.path().join("archives"));
+        for (tag, compression) in [("1.36", "gzip"), ("zstd", "zstd")] {
+            let mut pushed = false;
+            for _ in 0..50 {
+                let out = std::process::Command::new("skopeo")
+                    .args([
+                        "copy",
+                        "--dest-tls-verify=false",
+                        "--dest-creds",
+                        "alice:secret",
+                    ])
+                    .args(["--dest-compress-format", compression])
+                    .arg(format!("docker-archive:{}", archive.display()))
+                    .arg(format!("docker://127.0.0.1:{port}/tools/busybox:{tag}"))
+                    .output()
+                    .expect("skopeo");
+                if out.status.success() {
+                    pushed = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(
+                pushed,
+                "skopeo could not push busybox:{tag} to the registry"
+            );
+        }
+        registry
+    }
+
+    fn image(&self, tag: &str) -> String {
+        format!("127.0.0.1:{}/tools/busybox:{tag}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn images_are_pulled_from_a_registry_with_the_pods_pull_secret() {
+    let registry = Registry::start();
+    let insecure = format!("127.0.0.1:{}", registry.port);
+    let c = Cluster::start_node_with(&["--insecure-registry", &insecure]);
+    let pod_with = |name: &str, image: &str, secret: Option<&str>| {
+        let secrets = secret
+            .map(|s| format!("  imagePullSecrets: [{{name: {s}}}]\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{secrets}  containers:\n  - name: main\n    image: {image}\n    command: [sleep, '3600']\n"
+        )
+    };
+    // Without credentials the registry says no.
+    c.apply(&pod_with("anonymous", &registry.image("1.36"), None));
+    let refused = c.wait_for(30, || {
+        let r = c.jp(
+            "pod/anonymous",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        );
+        r == "ErrImagePull" || r == "ImagePullBackOff"
+    });
+    assert!(
+        refused,
+        "an unauthenticated pull was not refused: {}",
+        row(&c, "anonymous")
+    );
+    let msg = c.jp(
+        "pod/anonymous",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        msg.contains("authorized") || msg.contains("Back-off"),
+        "{msg}"
+    );
+
+    // With a kubernetes.io/dockerconfigjson secret it pulls (gzip and zstd layers).
+    c.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={insecure}"),
+        "--docker-username=alice",
+        "--docker-password=secret",
+    ]);
+    c.apply(&pod_with(
+        "pulled",
+        &registry.image("1.36"),
+        Some("regcred"),
+    ));
+    c.apply(&pod_with("zstd", &registry.image("zstd"), Some("regcred")));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/pulled",
+        "pod/zstd",
+        "--timeout=90s",
+    ]);
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=pulled",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("Successfully pulled image"), "{events}");
+    assert!(
+        c.jp("pod/pulled", "{.status.containerStatuses[0].imageID}")
+            .starts_with("sha256:")
+    );
+
+    // imagePullPolicy Never refuses what is not on the node.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  containers:\n  - name: main\n    image: {}\n    imagePullPolicy: Never\n",
+        registry.image("absent")
+    ));
+    let never = c.wait_for(30, || {
+        c.jp(
+            "pod/never",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        ) == "ErrImageNeverPull"
+    });
+    assert!(never, "{}", row(&c, "never"));
+}

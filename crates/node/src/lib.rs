@@ -4,7 +4,8 @@
 //! and containers in order with the runtime, restarts them by the pod's restart policy with
 //! kubelet's back-off ([`backoff`]), stops them gracefully when the pod is deleted, and reports
 //! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
-//! spec as Kubernetes defines it ([`process`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
+//! spec as Kubernetes defines it ([`process`]) from images pulled as their policy says
+//! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]) and forwards ports to them ([`portforward`],
 //! over [`spdy`]) for the API server.
 //!
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod events;
 pub mod exec;
 pub mod handler;
+pub mod images;
 pub mod logs;
 pub mod pods;
 pub mod portforward;
@@ -56,6 +58,8 @@ pub struct Config {
     pub control_plane: bool,
     /// Where the node API listens.
     pub api_addr: SocketAddr,
+    /// Registries (`host[:port]`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The agent: what every part of it shares.
@@ -78,6 +82,8 @@ pub struct Agent {
     pub backoff: Mutex<backoff::Backoff>,
     /// The uids of the pods on this node, by namespace and name.
     pub pods: Mutex<HashMap<(String, String), String>>,
+    /// Held while an image is pulled: pulls run one at a time.
+    pub pulls: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -99,6 +105,7 @@ impl Agent {
             events,
             backoff: Mutex::new(backoff::Backoff::default()),
             pods: Mutex::new(HashMap::new()),
+            pulls: tokio::sync::Mutex::new(()),
         }))
     }
 

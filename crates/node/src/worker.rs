@@ -447,67 +447,13 @@ impl Worker {
         volumes: &crate::volumes::Volumes,
     ) {
         let key = (kind, c.name.clone());
-        let image_ref = c.image.clone().unwrap_or_default();
-        let found = {
-            let r = image_ref.clone();
-            self.blocking(move |a| a.images.get(&r)).await
-        };
-        let image = match found {
-            Ok(Some(image)) => image,
-            Ok(None) | Err(_) => {
-                let msg = format!(
-                    "Failed to pull image \"{image_ref}\": the image is not on this node and pulling from registries is not supported yet; import it with `bosun images import`"
-                );
-                let pull_key = format!("{}/pull/{}", self.uid, c.name);
-                let now = Utc::now();
-                let backing_off = self
-                    .agent
-                    .backoff
-                    .lock()
-                    .ok()
-                    .and_then(|b| b.in_backoff(&pull_key, now, now))
-                    .is_some();
-                if backing_off {
-                    self.waiting.insert(
-                        key,
-                        (
-                            "ImagePullBackOff".into(),
-                            Some(format!("Back-off pulling image \"{image_ref}\"")),
-                        ),
-                    );
-                    return;
-                }
-                if let Ok(mut b) = self.agent.backoff.lock() {
-                    b.next(&pull_key, now);
-                }
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Pulling",
-                        &format!("Pulling image \"{image_ref}\""),
-                    )
-                    .await;
-                self.agent
-                    .events
-                    .record(pod, Some(&c.name), Kind::Warning, "Failed", &msg)
-                    .await;
-                self.waiting.insert(key, ("ErrImagePull".into(), Some(msg)));
+        let image = match self.agent.ensure_image(pod, c).await {
+            Ok(image) => image,
+            Err((reason, message)) => {
+                self.waiting.insert(key, (reason, Some(message)));
                 return;
             }
         };
-        self.agent
-            .events
-            .record(
-                pod,
-                Some(&c.name),
-                Kind::Normal,
-                "Pulled",
-                &format!("Container image \"{image_ref}\" already present on machine"),
-            )
-            .await;
         let config = match self
             .container_config(pod, c, kind, attempt, &image, volumes)
             .await

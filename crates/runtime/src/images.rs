@@ -44,6 +44,9 @@ pub enum Error {
     /// No image has this reference.
     #[error("image {0:?} not found")]
     NotFound(String),
+    /// A registry refused or failed the pull.
+    #[error("{0}")]
+    Pull(String),
     /// The reference is malformed.
     #[error(transparent)]
     Reference(#[from] reference::InvalidReference),
@@ -320,10 +323,8 @@ impl ImageStore {
             ctx: Context::new(&SHA256),
             count: 0,
         };
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("blob-{}", std::process::id()));
+        let scratch = tempdir_in(&self.root.join("tmp"))?;
+        let tmp = scratch.0.join("blob");
         let mut out = File::create(&tmp).map_err(io_err("write blob"))?;
         io::copy(&mut reader, &mut out).map_err(io_err(format!("copy {}", src.display())))?;
         out.sync_all().map_err(io_err("write blob"))?;
@@ -342,7 +343,45 @@ impl ImageStore {
         Ok(digest)
     }
 
-    /// Unpacks a layer blob (tar, maybe gzip) into its layer directory unless already there;
+    /// A fresh scratch directory in the store.
+    pub(crate) fn staging(&self) -> Result<TempDir> {
+        tempdir_in(&self.root.join("tmp"))
+    }
+
+    /// Stores a pulled image: its config and layer blobs (checked against their digests), the
+    /// layers unpacked, the reference recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store_pulled(
+        &self,
+        dir: &Path,
+        reference: String,
+        config: &Path,
+        config_digest: &str,
+        manifest_digest: &str,
+        layers: &[(PathBuf, String)],
+        progress: &dyn Progress,
+    ) -> Result<Image> {
+        self.store_blob(config, Some(config_digest))?;
+        let mut blobs = Vec::new();
+        for (path, digest) in layers {
+            self.store_blob(path, Some(digest))?;
+            blobs.push(self.blob_path(digest));
+        }
+        let image = self.finish_image(
+            dir,
+            reference,
+            config_digest,
+            Some(manifest_digest.to_string()),
+            &blobs,
+            progress,
+        )?;
+        let mut index = self.load_index()?;
+        index.insert(image.reference.clone(), image.clone());
+        self.save_index(&index)?;
+        Ok(image)
+    }
+
+    /// Unpacks a layer blob (tar, maybe gzip or zstd) into its layer directory unless already there;
     /// checks the uncompressed content against the diff id.
     fn unpack_layer(&self, blob: &Path, diff_id: &str, progress: &dyn Progress) -> Result<u64> {
         hex_of(diff_id)?;
@@ -352,11 +391,16 @@ impl ImageStore {
         }
         let staging = tempdir_in(&self.root.join("tmp"))?;
         let mut file = File::open(blob).map_err(io_err(format!("open {}", blob.display())))?;
-        let mut magic = [0u8; 2];
-        let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+        let mut magic = [0u8; 4];
+        let read_magic = file.read_exact(&mut magic).is_ok();
         let file = File::open(blob).map_err(io_err(format!("open {}", blob.display())))?;
-        let raw: Box<dyn Read> = if gz {
+        let raw: Box<dyn Read> = if read_magic && magic[..2] == [0x1f, 0x8b] {
             Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+        } else if read_magic && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+            Box::new(
+                ruzstd::decoding::StreamingDecoder::new(BufReader::new(file))
+                    .map_err(|e| Error::Format(format!("zstd layer {}: {e}", blob.display())))?,
+            )
         } else {
             Box::new(BufReader::new(file))
         };
@@ -656,7 +700,8 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// A temporary directory under the store, removed when dropped unless kept.
-struct TempDir(PathBuf, bool);
+/// A scratch directory of the store, removed when dropped unless kept.
+pub(crate) struct TempDir(pub(crate) PathBuf, bool);
 
 impl TempDir {
     fn keep(mut self) -> PathBuf {

@@ -2,7 +2,8 @@
 //!
 //! - [`images`]: the node's content-addressed image store (import of OCI and docker archives,
 //!   unpacked layers ready for overlayfs, listing, removal with garbage collection), and
-//!   [`reference`], image names as docker and Kubernetes read them.
+//!   [`reference`], image names as docker and Kubernetes read them; [`pull`] fetches images
+//!   from registries.
 //! - [`container`]: containers created from images, started under a supervisor ([`shim`]) that
 //!   outlives the agent, read back, signalled and removed; [`bundle`] writes their OCI runtime
 //!   spec and [`rootfs`] their overlayfs root; [`exec`] runs more processes in them;
@@ -16,6 +17,7 @@ pub mod container;
 pub mod cri_log;
 pub mod exec;
 pub mod images;
+pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod sandbox;

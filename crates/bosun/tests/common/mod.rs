@@ -66,6 +66,11 @@ impl Cluster {
     /// Starts a server with its node agent (named [`NODE`]) and the busybox image imported,
     /// and waits for the node to be Ready.
     pub fn start_node() -> Self {
+        Self::start_node_with(&[])
+    }
+
+    /// [`Cluster::start_node`] with extra `bosun server` arguments.
+    pub fn start_node_with(args: &[&str]) -> Self {
         require_root("a test with a node agent");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -87,7 +92,9 @@ impl Cluster {
             "import busybox: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = Self::launch(dir, &["--node-name", NODE], Some(lock));
+        let mut all = vec!["--node-name", NODE];
+        all.extend_from_slice(args);
+        let c = Self::launch(dir, &all, Some(lock));
         c.wait_node_ready();
         c
     }
