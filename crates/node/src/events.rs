@@ -1,5 +1,6 @@
 //! Events about pods, as kubelet records them (source `kubelet` on this node): a repeated event
-//! (same object, reason and message) is counted on the first one instead of piling up.
+//! (same object, reason and message) is counted on the first one instead of piling up. Events
+//! are written in order by a task of their own, off the path that starts containers.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,6 +12,20 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// Records events for one node.
 pub struct Recorder {
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+    writer: std::sync::Arc<Writer>,
+}
+
+/// An event waiting to be written.
+struct Pending {
+    pod: Pod,
+    container: Option<String>,
+    kind: Kind,
+    reason: String,
+    message: String,
+}
+
+struct Writer {
     client: kube::Client,
     node: String,
     seen: Mutex<HashMap<String, (String, i32)>>,
@@ -26,17 +41,36 @@ pub enum Kind {
 }
 
 impl Recorder {
-    /// A recorder writing as the kubelet of `node`.
+    /// A recorder writing as the kubelet of `node` (it must be made inside the async runtime).
     pub fn new(client: kube::Client, node: &str) -> Self {
-        Self {
+        let writer = std::sync::Arc::new(Writer {
             client,
             node: node.to_string(),
             seen: Mutex::new(HashMap::new()),
-        }
+        });
+        let (queue, mut pending) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+        let w = writer.clone();
+        tokio::spawn(async move {
+            while let Some(p) = pending.recv().await {
+                let result = w
+                    .write(
+                        &p.pod,
+                        p.container.as_deref(),
+                        p.kind,
+                        &p.reason,
+                        &p.message,
+                    )
+                    .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, reason = %p.reason, "recording an event failed");
+                }
+            }
+        });
+        Self { queue, writer }
     }
 
     /// Records an event about `pod` (about one of its containers when `container` is given).
-    pub async fn record(
+    pub fn record(
         &self,
         pod: &Pod,
         container: Option<&str>,
@@ -44,12 +78,25 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        if let Err(e) = self.try_record(pod, container, kind, reason, message).await {
-            tracing::debug!(error = %e, reason, "recording an event failed");
-        }
+        let _ = self.queue.send(Pending {
+            pod: pod.clone(),
+            container: container.map(String::from),
+            kind,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        });
     }
 
-    async fn try_record(
+    /// Forgets the events of a pod that is gone.
+    pub fn forget(&self, pod_uid: &str) {
+        if let Ok(mut seen) = self.writer.seen.lock() {
+            seen.retain(|k, _| !k.starts_with(pod_uid));
+        }
+    }
+}
+
+impl Writer {
+    async fn write(
         &self,
         pod: &Pod,
         container: Option<&str>,
@@ -127,12 +174,5 @@ impl Recorder {
             seen.insert(key, (name, 1));
         }
         Ok(())
-    }
-
-    /// Forgets the events of a pod that is gone.
-    pub fn forget(&self, pod_uid: &str) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.retain(|k, _| !k.starts_with(pod_uid));
-        }
     }
 }

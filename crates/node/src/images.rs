@@ -95,9 +95,10 @@ impl Agent {
                 continue;
             };
             if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&raw.0)
-                && let Some(c) = credentials_for(&doc, registry) {
-                    return Some(c);
-                }
+                && let Some(c) = credentials_for(&doc, registry)
+            {
+                return Some(c);
+            }
         }
         None
     }
@@ -110,10 +111,8 @@ impl Agent {
             let store = &self.images;
             store.get(&image).ok().flatten()
         };
-        let record = |kind, reason: &'static str, msg: String| async move {
-            self.events
-                .record(pod, Some(&c.name), kind, reason, &msg)
-                .await;
+        let record = |kind, reason: &'static str, msg: String| {
+            self.events.record(pod, Some(&c.name), kind, reason, &msg);
         };
         match (policy.as_str(), present) {
             ("Never", Some(img)) | ("IfNotPresent", Some(img)) => {
@@ -121,14 +120,13 @@ impl Agent {
                     Kind::Normal,
                     "Pulled",
                     format!("Container image \"{image}\" already present on machine"),
-                )
-                .await;
+                );
                 return Ok(img);
             }
             ("Never", None) => {
                 let msg =
                     format!("Container image \"{image}\" is not present with pull policy of Never");
-                record(Kind::Warning, "ErrImageNeverPull", msg.clone()).await;
+                record(Kind::Warning, "ErrImageNeverPull", msg.clone());
                 return Err(("ErrImageNeverPull".into(), msg));
             }
             _ => {}
@@ -147,15 +145,14 @@ impl Agent {
             .is_some();
         if backing_off {
             let msg = format!("Back-off pulling image \"{image}\"");
-            record(Kind::Normal, "BackOff", msg.clone()).await;
+            record(Kind::Normal, "BackOff", msg.clone());
             return Err(("ImagePullBackOff".into(), msg));
         }
         record(
             Kind::Normal,
             "Pulling",
             format!("Pulling image \"{image}\""),
-        )
-        .await;
+        );
         let registry = runtime::pull::registry_of(&image).unwrap_or_default();
         let opts = PullOptions {
             insecure_registries: self.config.insecure_registries.clone(),
@@ -172,7 +169,7 @@ impl Agent {
                     waited.elapsed().as_secs_f64(),
                     img.size
                 );
-                record(Kind::Normal, "Pulled", msg).await;
+                record(Kind::Normal, "Pulled", msg);
                 Ok(img)
             }
             Err(e) => {
@@ -180,8 +177,8 @@ impl Agent {
                     b.next(&key, now);
                 }
                 let msg = format!("Failed to pull image \"{image}\": {e}");
-                record(Kind::Warning, "Failed", msg.clone()).await;
-                record(Kind::Warning, "Failed", "Error: ErrImagePull".into()).await;
+                record(Kind::Warning, "Failed", msg.clone());
+                record(Kind::Warning, "Failed", "Error: ErrImagePull".into());
                 Err(("ErrImagePull".into(), msg))
             }
         }

@@ -209,11 +209,15 @@ pub async fn stream(
                 agent.runtime.get(&id).map(|c| c.state),
                 Ok(runtime::container::State::Running(_))
             );
-            if let Ok(mut f) = tokio::fs::File::open(&path).await
-                && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
-            {
+            if let Ok(mut f) = tokio::fs::File::open(&path).await {
+                // A file shorter than what was read has been rotated: read the new one whole.
+                if f.metadata().await.is_ok_and(|m| m.len() < offset) {
+                    offset = 0;
+                }
                 let mut buf = Vec::new();
-                if let Ok(n) = f.read_to_end(&mut buf).await {
+                if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+                    && let Ok(n) = f.read_to_end(&mut buf).await
+                {
                     offset += n as u64;
                     pending.extend_from_slice(&buf);
                 }

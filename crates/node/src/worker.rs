@@ -285,16 +285,13 @@ impl Worker {
         let sandbox_ready = match self.ensure_sandbox(pod).await {
             Ok(()) => true,
             Err(e) => {
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        None,
-                        Kind::Warning,
-                        "FailedCreatePodSandBox",
-                        &format!("Failed to create pod sandbox: {e}"),
-                    )
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    None,
+                    Kind::Warning,
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {e}"),
+                );
                 false
             }
         };
@@ -304,8 +301,7 @@ impl Worker {
                 Err(e) => {
                     self.agent
                         .events
-                        .record(pod, None, Kind::Warning, "FailedMount", &e)
-                        .await;
+                        .record(pod, None, Kind::Warning, "FailedMount", &e);
                     None
                 }
             }
@@ -397,8 +393,7 @@ impl Worker {
                 );
                 self.agent
                     .events
-                    .record(pod, Some(&c.name), Kind::Warning, "BackOff", &msg)
-                    .await;
+                    .record(pod, Some(&c.name), Kind::Warning, "BackOff", &msg);
             }
             return false;
         }
@@ -460,16 +455,13 @@ impl Worker {
         {
             Ok(config) => config,
             Err(msg) => {
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Warning,
-                        "Failed",
-                        &format!("Error: {msg}"),
-                    )
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Warning,
+                    "Failed",
+                    &format!("Error: {msg}"),
+                );
                 self.waiting
                     .insert(key, ("CreateContainerConfigError".into(), Some(msg)));
                 return;
@@ -495,66 +487,51 @@ impl Worker {
                     let id = id.clone();
                     self.blocking(move |a| a.runtime.remove(&id)).await
                 };
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Warning,
-                        "Failed",
-                        &format!("Error: {msg}"),
-                    )
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Warning,
+                    "Failed",
+                    &format!("Error: {msg}"),
+                );
                 self.waiting
                     .insert(key, ("CreateContainerError".into(), Some(msg)));
             }
             Err((true, msg)) => {
                 self.waiting.remove(&key);
                 self.ids.push(id);
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Created",
-                        &format!("Created container: {}", c.name),
-                    )
-                    .await;
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Warning,
-                        "Failed",
-                        &format!("Error: failed to start container \"{}\": {msg}", c.name),
-                    )
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Normal,
+                    "Created",
+                    &format!("Created container: {}", c.name),
+                );
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Warning,
+                    "Failed",
+                    &format!("Error: failed to start container \"{}\": {msg}", c.name),
+                );
             }
             Ok(()) => {
                 self.waiting.remove(&key);
                 self.ids.push(id.clone());
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Created",
-                        &format!("Created container: {}", c.name),
-                    )
-                    .await;
-                self.agent
-                    .events
-                    .record(
-                        pod,
-                        Some(&c.name),
-                        Kind::Normal,
-                        "Started",
-                        &format!("Started container {}", c.name),
-                    )
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Normal,
+                    "Created",
+                    &format!("Created container: {}", c.name),
+                );
+                self.agent.events.record(
+                    pod,
+                    Some(&c.name),
+                    Kind::Normal,
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
                 if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                     let ip = self.pod_ip.clone().unwrap_or_default();
                     let timeout = Duration::from_secs(grace_of(pod) as u64);
@@ -563,16 +540,13 @@ impl Worker {
                     {
                         // A failed postStart hook kills the container; the restart policy decides.
                         let msg = format!("PostStartHook failed: {e}");
-                        self.agent
-                            .events
-                            .record(
-                                pod,
-                                Some(&c.name),
-                                Kind::Warning,
-                                "FailedPostStartHook",
-                                &msg,
-                            )
-                            .await;
+                        self.agent.events.record(
+                            pod,
+                            Some(&c.name),
+                            Kind::Warning,
+                            "FailedPostStartHook",
+                            &msg,
+                        );
                         let _ = self
                             .blocking(move |a| a.runtime.stop(&id, Duration::ZERO))
                             .await;
@@ -705,7 +679,7 @@ impl Worker {
         self.blocking(move |a| {
             for (id, log) in old {
                 let _ = a.runtime.remove(&id);
-                let _ = std::fs::remove_file(log);
+                remove_log(&log);
             }
         })
         .await;
@@ -747,10 +721,13 @@ impl Worker {
         for h in hooks {
             if let Ok((name, Err(e))) = h.await {
                 let msg = format!("PreStopHook failed: {e}");
-                self.agent
-                    .events
-                    .record(pod, Some(&name), Kind::Warning, "FailedPreStopHook", &msg)
-                    .await;
+                self.agent.events.record(
+                    pod,
+                    Some(&name),
+                    Kind::Warning,
+                    "FailedPreStopHook",
+                    &msg,
+                );
             }
         }
         let grace = grace.saturating_sub(started.elapsed());
@@ -759,16 +736,13 @@ impl Worker {
             .iter()
             .filter(|c| matches!(c.state, State::Running(_)))
         {
-            self.agent
-                .events
-                .record(
-                    pod,
-                    Some(name_of(c)),
-                    Kind::Normal,
-                    "Killing",
-                    &format!("Stopping container {}", name_of(c)),
-                )
-                .await;
+            self.agent.events.record(
+                pod,
+                Some(name_of(c)),
+                Kind::Normal,
+                "Killing",
+                &format!("Stopping container {}", name_of(c)),
+            );
             let id = c.id.clone();
             let agent = self.agent.clone();
             stops.push(tokio::task::spawn_blocking(move || {
@@ -1011,6 +985,16 @@ fn write_etc_files(
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(pod_dir.join("resolv.conf"), resolv)
+}
+
+/// Removes a container's log file and its rotated predecessors (`N.log.1`...).
+fn remove_log(log: &std::path::Path) {
+    let _ = std::fs::remove_file(log);
+    for n in 1.. {
+        if std::fs::remove_file(format!("{}.{n}", log.display())).is_err() {
+            break;
+        }
+    }
 }
 
 /// Ids of the containers on the node, by pod uid: what an agent that restarts adopts.

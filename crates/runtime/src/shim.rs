@@ -89,12 +89,10 @@ fn supervise(args: &Args) -> Result<(), String> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
-    let log = Arc::new(Mutex::new(log));
+    let log = Arc::new(Mutex::new(
+        LogFile::open(log_path.clone())
+            .map_err(|e| format!("open log {}: {e}", log_path.display()))?,
+    ));
 
     let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -210,10 +208,49 @@ fn oom_kills(cgroup_path: &str) -> u64 {
     0
 }
 
+/// The largest a log file grows before it is rotated (kubelet's `containerLogMaxSize`).
+const LOG_MAX_SIZE: u64 = 10 << 20;
+/// How many files a container's log keeps, the current one included (`containerLogMaxFiles`).
+const LOG_MAX_FILES: usize = 5;
+
+/// A container's log file, rotated by size: `N.log` is current, `N.log.1` the one before...
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl LogFile {
+    fn open(path: PathBuf) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Self { path, file, size })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + bytes.len() as u64 > LOG_MAX_SIZE {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        for n in (1..LOG_MAX_FILES - 1).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        *self = Self::open(self.path.clone())?;
+        Ok(())
+    }
+}
+
 fn spawn_copier(
     fd: OwnedFd,
     stream: &'static str,
-    log: Arc<Mutex<File>>,
+    log: Arc<Mutex<LogFile>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = File::from(fd);
@@ -239,4 +276,25 @@ fn spawn_copier(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_rotate_by_size_and_keep_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(path.clone()).expect("open");
+        let chunk = vec![b'x'; (LOG_MAX_SIZE / 2 + 1) as usize];
+        for _ in 0..20 {
+            log.write_all(&chunk).expect("write");
+        }
+        assert!(std::fs::metadata(&path).expect("current").len() <= LOG_MAX_SIZE);
+        for n in 1..LOG_MAX_FILES {
+            assert!(dir.path().join(format!("0.log.{n}")).exists(), "0.log.{n}");
+        }
+        assert!(!dir.path().join(format!("0.log.{LOG_MAX_FILES}")).exists());
+    }
 }
