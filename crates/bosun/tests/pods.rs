@@ -848,3 +848,60 @@ fn images_are_pulled_from_a_registry_with_the_pods_pull_secret() {
     });
     assert!(never, "{}", row(&c, "never"));
 }
+
+#[test]
+fn the_demo_app_image_builds_offline_and_serves_its_endpoints() {
+    let c = Cluster::start_node();
+    let out = tempfile::tempdir().expect("dir");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = std::process::Command::new("bash")
+        .arg(root.join("examples/images/build.sh"))
+        .arg(out.path())
+        .env("IMPORT", "0")
+        // Its own target dir: the outer cargo may still hold the workspace's.
+        .env("CARGO_TARGET_DIR", out.path().join("target"))
+        .env("BOSUN_SHARED", common::shared_dir())
+        .output()
+        .expect("build.sh");
+    assert!(
+        built.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let imported = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["images", "--data-dir"])
+        .arg(c.dir.path())
+        .arg("import")
+        .arg(out.path().join("demo-docker.tar"))
+        .output()
+        .expect("import");
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    c.ok(&["run", "demo", "--image=bosun/demo:2.0", "--port=8080"]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/demo", "--timeout=60s"]);
+    let ip = c.jp("pod/demo", "{.status.podIP}");
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "10", "-w", " %{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let base = format!("http://{ip}:8080");
+    let answered = c.wait_for(10, || curl(&[&format!("{base}/")]).ends_with("200"));
+    assert!(answered, "the demo app did not answer");
+    assert_eq!(
+        curl(&[&format!("{base}/")]),
+        "Hello from demo (version v2)\n 200"
+    );
+    assert_eq!(curl(&[&format!("{base}/pi?dp=10")]), "3.1415926535\n 200");
+    assert!(curl(&["--data", "503", &format!("{base}/health")]).ends_with("200"));
+    assert!(curl(&[&format!("{base}/health")]).ends_with("503"));
+    assert!(curl(&[&format!("http://{ip}:81/readiness/status")]).contains("failing"));
+    assert!(curl(&[&format!("http://{ip}:81/readiness")]).ends_with("503"));
+    assert!(curl(&[&format!("http://{ip}:81/healthz")]).ends_with("200"));
+}
