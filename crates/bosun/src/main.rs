@@ -133,7 +133,21 @@ fn images(args: ImagesArgs) -> Result<()> {
             }
         }
         ImagesCommand::Rm { references } => {
+            let agent = args.data_dir.join("agent");
+            let containers = runtime::container::Runtime::open(
+                &agent.join("containers"),
+                &agent.join("run"),
+                &std::env::current_exe()?,
+            )?;
+            let in_use = containers.images_in_use()?;
             for r in references {
+                if let Some(image) = store.get(&r)?
+                    && in_use.contains(&image.id)
+                {
+                    anyhow::bail!(
+                        "cannot remove {r}: a container on this node uses it; delete the pods that run it first"
+                    );
+                }
                 let removed = store
                     .remove(&r)
                     .map_err(|e| anyhow::anyhow!("cannot remove {r}: {e}"))?;

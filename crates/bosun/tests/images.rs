@@ -61,3 +61,40 @@ fn images_import_list_and_remove() {
         "a clear error, no backtrace"
     );
 }
+
+#[test]
+fn an_image_a_container_uses_cannot_be_removed() {
+    let c = common::Cluster::start_node();
+    c.ok(&[
+        "run",
+        "user",
+        "--image=busybox:1.36",
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/user", "--timeout=60s"]);
+    let data = c.dir.path().to_str().expect("path").to_string();
+    let out = bosun(&["images", "--data-dir", &data, "rm", "busybox:1.36"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a container on this node uses it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ok(&["delete", "pod", "user", "--grace-period=1"]);
+    let out = bosun(&["images", "--data-dir", &data, "rm", "busybox:1.36"]);
+    let left: Vec<String> = std::fs::read_dir(c.dir.path().join("agent/containers"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path().join("meta.json")).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{} {left:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

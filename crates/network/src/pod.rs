@@ -152,7 +152,9 @@ impl PodNetwork {
     pub fn detach(&self, pod_uid: &str) -> Result<()> {
         let veth = host_veth(pod_uid);
         if Path::new("/sys/class/net").join(&veth).exists() {
-            ip_batch(&format!("link del {veth}\n"), true)?;
+            // The link also goes away by itself with the pod's network namespace, possibly
+            // while this runs: a link that is already gone is no error.
+            let _ = ip_batch(&format!("link del {veth}\n"), true);
         }
         self.ipam
             .release(pod_uid)

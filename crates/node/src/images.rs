@@ -75,7 +75,33 @@ pub fn credentials_for(dockerconfig: &serde_json::Value, registry: &str) -> Opti
     None
 }
 
+/// Image garbage collection starts above this share of the disk used...
+const GC_HIGH: f64 = 0.85;
+/// ...and stops below this one (kubelet's imageGCHigh/LowThresholdPercent).
+const GC_LOW: f64 = 0.80;
+
 impl Agent {
+    /// Removes images no container uses while the disk is fuller than 85%, until it is below
+    /// 80%, as kubelet's image garbage collection does.
+    pub fn collect_images(&self) -> anyhow::Result<()> {
+        let used = || 1.0 - crate::registration::Pressure::now(&self.config.data_dir).disk_free;
+        if used() <= GC_HIGH {
+            return Ok(());
+        }
+        let in_use = self.runtime.images_in_use()?;
+        for image in self.images.list()? {
+            if in_use.contains(&image.id) {
+                continue;
+            }
+            tracing::info!(image = %image.reference, "removing an unused image: the disk is full");
+            self.images.remove(&image.reference)?;
+            if used() < GC_LOW {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     async fn pull_credentials(&self, pod: &Pod, registry: &str) -> Option<Credentials> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);

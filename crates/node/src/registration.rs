@@ -52,6 +52,109 @@ fn memory_bytes() -> u64 {
         * 1024
 }
 
+/// What the node has left, against kubelet's default hard eviction thresholds
+/// (`memory.available<100Mi`, `nodefs.available<10%`, `pid.available<10%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    /// Memory available, in bytes.
+    pub memory_available: u64,
+    /// The share of the data dir's filesystem still free, 0 to 1.
+    pub disk_free: f64,
+    /// The share of process ids still free, 0 to 1.
+    pub pids_free: f64,
+}
+
+impl Pressure {
+    /// Reads the node's figures now.
+    pub fn now(data_dir: &std::path::Path) -> Self {
+        let memory_available = read("/proc/meminfo")
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("MemAvailable:")
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(u64::MAX / 1024)
+            * 1024;
+        let disk_free = nix::sys::statvfs::statvfs(data_dir)
+            .ok()
+            .filter(|s| s.blocks() > 0)
+            .map(|s| s.blocks_available() as f64 / s.blocks() as f64)
+            .unwrap_or(1.0);
+        let pid_max: f64 = read("/proc/sys/kernel/pid_max")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(32768.0);
+        let tasks: f64 = read("/proc/loadavg")
+            .and_then(|l| l.split_whitespace().nth(3)?.split('/').nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        Self {
+            memory_available,
+            disk_free,
+            pids_free: 1.0 - tasks / pid_max,
+        }
+    }
+}
+
+/// The node's pressure conditions and Ready, as kubelet words them.
+pub fn pressure_conditions(p: &Pressure) -> Vec<NodeCondition> {
+    let memory = p.memory_available < 100 << 20;
+    let disk = p.disk_free < 0.10;
+    let pids = p.pids_free < 0.10;
+    vec![
+        if memory {
+            node_condition(
+                "MemoryPressure",
+                "True",
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            node_condition(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        },
+        if disk {
+            node_condition(
+                "DiskPressure",
+                "True",
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
+        } else {
+            node_condition(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
+        },
+        if pids {
+            node_condition(
+                "PIDPressure",
+                "True",
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            node_condition(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
+        node_condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]
+}
+
 fn disk_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
         .map(|s| s.blocks() * s.fragment_size())
@@ -187,32 +290,7 @@ impl Agent {
             capacity: Some(capacity),
             allocatable: Some(allocatable),
             addresses: Some(addresses),
-            conditions: Some(vec![
-                node_condition(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                node_condition(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                node_condition(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
-                node_condition(
-                    "Ready",
-                    "True",
-                    "KubeletReady",
-                    "kubelet is posting ready status",
-                ),
-            ]),
+            conditions: Some(pressure_conditions(&Pressure::now(&self.config.data_dir))),
             daemon_endpoints: Some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint {
                     port: i32::from(self.config.api_addr.port()),
@@ -328,7 +406,7 @@ impl Agent {
 
     /// Renews the Lease every 10 s and reports the status every minute, for as long as the
     /// agent runs; a failed round is retried at the next.
-    pub async fn heartbeat(&self) {
+    pub async fn heartbeat(self: std::sync::Arc<Self>) {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut since_report = Duration::ZERO;
         loop {
@@ -349,6 +427,11 @@ impl Agent {
             }
             if since_report >= REPORT {
                 since_report = Duration::ZERO;
+                let agent = self.clone();
+                let freed = tokio::task::spawn_blocking(move || agent.collect_images()).await;
+                if let Ok(Err(e)) = freed {
+                    tracing::warn!(error = %e, "image garbage collection failed");
+                }
                 if let Err(e) = self.report_status().await {
                     tracing::warn!(error = %e, "reporting the node status failed");
                 }
@@ -356,5 +439,37 @@ impl Agent {
             tokio::time::sleep(RENEW).await;
             since_report += RENEW;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_follows_kubelets_hard_eviction_thresholds() {
+        let fine = Pressure {
+            memory_available: 1 << 30,
+            disk_free: 0.5,
+            pids_free: 0.9,
+        };
+        let status = |p: &Pressure, kind: &str| {
+            pressure_conditions(p)
+                .into_iter()
+                .find(|c| c.type_ == kind)
+                .map(|c| c.status)
+                .unwrap_or_default()
+        };
+        assert_eq!(status(&fine, "MemoryPressure"), "False");
+        assert_eq!(status(&fine, "DiskPressure"), "False");
+        let low = Pressure {
+            memory_available: 50 << 20,
+            disk_free: 0.05,
+            pids_free: 0.05,
+        };
+        assert_eq!(status(&low, "MemoryPressure"), "True");
+        assert_eq!(status(&low, "DiskPressure"), "True");
+        assert_eq!(status(&low, "PIDPressure"), "True");
+        assert_eq!(status(&low, "Ready"), "True");
     }
 }

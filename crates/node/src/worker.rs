@@ -264,6 +264,7 @@ impl Worker {
                 }),
                 ..Default::default()
             };
+            tracing::debug!(pod = %self.uid, "removing the pod from the API");
             // Once removed from the API, the watch delivers the deletion and the worker ends.
             return match api
                 .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
@@ -757,13 +758,16 @@ impl Worker {
     /// Removes everything of the pod from the node: containers, sandbox, address, files.
     async fn teardown(&mut self, grace: Duration) {
         let ids = std::mem::take(&mut self.ids);
+        tracing::debug!(pod = %self.uid, containers = ?ids, "tearing down");
         let uid = self.uid.clone();
         let sandbox = self.sandbox();
         let pod_dir = self.pod_dir();
         self.blocking(move |a| {
             for id in &ids {
                 let _ = a.runtime.stop(id, grace);
-                let _ = a.runtime.remove(id);
+                if let Err(e) = a.runtime.remove(id) {
+                    tracing::warn!(error = %e, container = %id, "removing a container failed");
+                }
             }
             sandbox.remove();
             if let Err(e) = a.network.detach(&uid) {

@@ -365,6 +365,12 @@ impl Runtime {
         Ok(out)
     }
 
+    /// The ids of the images the node's containers were created from (running or not: their
+    /// roots stay mounted until they are removed).
+    pub fn images_in_use(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self.list()?.into_iter().map(|c| c.image_id).collect())
+    }
+
     /// Sends a signal to a running container's process.
     pub fn signal(&self, id: &str, signal: Signal) -> Result<()> {
         if let State::Running(started) = self.get(id)?.state {

@@ -117,9 +117,10 @@ fn handle(stream: TcpStream, state: &State) {
             break;
         }
         if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap_or(0);
-            }
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
     }
     let mut body = vec![0u8; length.min(1 << 16)];
     let _ = reader.read_exact(&mut body);

@@ -301,7 +301,16 @@ pub(super) async fn store_update(
         return Ok(new);
     }
     let stored = state.storage.update(ctx.rt, new, rev).await?;
-    if meta::is_deleting(&stored) && super::delete::finalized(&stored) {
+    // As upstream's ShouldDeleteDuringUpdate: the update removed the last finalizer of an object
+    // being deleted, and no grace period is still running (a pod's node deletes it at the end).
+    let grace_running = meta::lookup(&stored, "metadata.deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g > 0);
+    if meta::is_deleting(&stored)
+        && super::delete::finalized(&stored)
+        && !super::delete::finalized(current)
+        && !grace_running
+    {
         let new_rev = revision_of(&stored)?;
         return match state
             .storage
