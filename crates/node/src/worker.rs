@@ -482,77 +482,52 @@ impl Worker {
             })
             .await
         };
-        match started {
-            Err((false, msg)) => {
-                let _ = {
-                    let id = id.clone();
-                    self.blocking(move |a| a.runtime.remove(&id)).await
-                };
-                self.agent.events.record(
-                    pod,
-                    Some(&c.name),
+        let event = |kind, reason: &str, msg: &str| {
+            self.agent
+                .events
+                .record(pod, Some(&c.name), kind, reason, msg);
+        };
+        if let Err((false, msg)) = started {
+            let _ = {
+                let id = id.clone();
+                self.blocking(move |a| a.runtime.remove(&id)).await
+            };
+            event(Kind::Warning, "Failed", &format!("Error: {msg}"));
+            self.waiting
+                .insert(key, ("CreateContainerError".into(), Some(msg)));
+            return;
+        }
+        self.waiting.remove(&key);
+        self.ids.push(id.clone());
+        event(
+            Kind::Normal,
+            "Created",
+            &format!("Created container: {}", c.name),
+        );
+        if let Err((_, msg)) = started {
+            let msg = format!("Error: failed to start container \"{}\": {msg}", c.name);
+            event(Kind::Warning, "Failed", &msg);
+            return;
+        }
+        event(
+            Kind::Normal,
+            "Started",
+            &format!("Started container {}", c.name),
+        );
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let ip = self.pod_ip.clone().unwrap_or_default();
+            let timeout = Duration::from_secs(grace_of(pod) as u64);
+            if let Err(e) = crate::handler::run_hook(&self.agent, hook, c, &id, &ip, timeout).await
+            {
+                // A failed postStart hook kills the container; the restart policy decides.
+                event(
                     Kind::Warning,
-                    "Failed",
-                    &format!("Error: {msg}"),
+                    "FailedPostStartHook",
+                    &format!("PostStartHook failed: {e}"),
                 );
-                self.waiting
-                    .insert(key, ("CreateContainerError".into(), Some(msg)));
-            }
-            Err((true, msg)) => {
-                self.waiting.remove(&key);
-                self.ids.push(id);
-                self.agent.events.record(
-                    pod,
-                    Some(&c.name),
-                    Kind::Normal,
-                    "Created",
-                    &format!("Created container: {}", c.name),
-                );
-                self.agent.events.record(
-                    pod,
-                    Some(&c.name),
-                    Kind::Warning,
-                    "Failed",
-                    &format!("Error: failed to start container \"{}\": {msg}", c.name),
-                );
-            }
-            Ok(()) => {
-                self.waiting.remove(&key);
-                self.ids.push(id.clone());
-                self.agent.events.record(
-                    pod,
-                    Some(&c.name),
-                    Kind::Normal,
-                    "Created",
-                    &format!("Created container: {}", c.name),
-                );
-                self.agent.events.record(
-                    pod,
-                    Some(&c.name),
-                    Kind::Normal,
-                    "Started",
-                    &format!("Started container {}", c.name),
-                );
-                if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-                    let ip = self.pod_ip.clone().unwrap_or_default();
-                    let timeout = Duration::from_secs(grace_of(pod) as u64);
-                    if let Err(e) =
-                        crate::handler::run_hook(&self.agent, hook, c, &id, &ip, timeout).await
-                    {
-                        // A failed postStart hook kills the container; the restart policy decides.
-                        let msg = format!("PostStartHook failed: {e}");
-                        self.agent.events.record(
-                            pod,
-                            Some(&c.name),
-                            Kind::Warning,
-                            "FailedPostStartHook",
-                            &msg,
-                        );
-                        let _ = self
-                            .blocking(move |a| a.runtime.stop(&id, Duration::ZERO))
-                            .await;
-                    }
-                }
+                let _ = self
+                    .blocking(move |a| a.runtime.stop(&id, Duration::ZERO))
+                    .await;
             }
         }
     }
