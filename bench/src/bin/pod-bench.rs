@@ -165,6 +165,11 @@ async fn main() -> Result<()> {
     for i in 0..20 {
         one_by_one.extend(start_pods(&api, &[format!("seq-{i}")]).await?);
     }
+    let order: Vec<String> = one_by_one
+        .iter()
+        .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+        .collect();
+    println!("  in order (ms): {}", order.join(" "));
     println!(
         "start latency, 20 one at a time:    p50 {:>6.0} ms   p99 {:>6.0} ms",
         percentile_ms(&mut one_by_one, 50.0),
