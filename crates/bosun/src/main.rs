@@ -323,7 +323,9 @@ async fn start_agent(
         "localhost".into(),
         "127.0.0.1".into(),
     ];
-    names.extend(agent.host_ip.clone());
+    if !names.contains(&agent.host_ip) {
+        names.push(agent.host_ip.clone());
+    }
     let serving = running
         .pki
         .serving(&names, std::time::Duration::from_secs(365 * 24 * 3600))?;

@@ -77,7 +77,7 @@ pub struct Agent {
     /// The event recorder.
     pub events: events::Recorder,
     /// The node's address.
-    pub host_ip: Option<String>,
+    pub host_ip: String,
     /// Restart back-off of crashing containers, by pod uid and container name.
     pub backoff: Mutex<backoff::Backoff>,
     /// The uids of the pods on this node, by namespace and name.

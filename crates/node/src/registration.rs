@@ -161,23 +161,28 @@ fn disk_bytes(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's first global IPv4 address (the one of its default route's interface).
-pub fn internal_ip() -> Option<String> {
-    let route = read("/proc/net/route")?;
-    let iface = route.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
-    })?;
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", &iface])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .map(String::from)
+/// The machine's address for the cluster: the IPv4 address of its default route's interface,
+/// else its first global IPv4 address, else loopback (a machine alone, without a network).
+pub fn internal_ip() -> String {
+    let first_inet = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("ip").args(args).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next())
+            .map(String::from)
+    };
+    let default_iface = read("/proc/net/route").and_then(|route| {
+        route.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+        })
+    });
+    default_iface
+        .and_then(|iface| first_inet(&["-4", "-o", "addr", "show", "dev", &iface]))
+        .or_else(|| first_inet(&["-4", "-o", "addr", "show", "scope", "global"]))
+        .unwrap_or_else(|| "127.0.0.1".into())
 }
 
 fn quantity(s: impl ToString) -> Quantity {
@@ -252,13 +257,10 @@ impl Agent {
             quantity(format!("{}Ki", mem.saturating_sub(100 << 20) / 1024)),
         );
         allocatable.insert("ephemeral-storage".into(), quantity(disk / 10 * 9));
-        let mut addresses = Vec::new();
-        if let Some(ip) = &self.host_ip {
-            addresses.push(NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.clone(),
-            });
-        }
+        let mut addresses = vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: self.host_ip.clone(),
+        }];
         addresses.push(NodeAddress {
             type_: "Hostname".into(),
             address: self.config.node_name.clone(),

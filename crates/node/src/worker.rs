@@ -880,7 +880,7 @@ impl Worker {
             containers: &containers,
             sandbox_ready,
             pod_ip: self.pod_ip.clone(),
-            host_ip: self.agent.host_ip.clone(),
+            host_ip: Some(self.agent.host_ip.clone()),
             start_time: self.start_time,
             now: Utc::now(),
         });
