@@ -905,3 +905,51 @@ fn the_demo_app_image_builds_offline_and_serves_its_endpoints() {
     assert!(curl(&[&format!("http://{ip}:81/readiness")]).ends_with("503"));
     assert!(curl(&[&format!("http://{ip}:81/healthz")]).ends_with("200"));
 }
+
+#[test]
+fn attach_streams_output_and_passes_stdin() {
+    let c = Cluster::start_node();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: talker}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: main
+    image: busybox:1.36
+    stdin: true
+    command: ["sh", "-c", "while read line; do echo got-$line; echo err-$line >&2; done"]
+"#
+    ));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/talker",
+        "--timeout=60s",
+    ]);
+    let mut attach = std::process::Command::new(common::kubectl_path())
+        .args(["attach", "-i", "talker"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl attach");
+    {
+        use std::io::Write;
+        let mut stdin = attach.stdin.take().expect("stdin");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        stdin.write_all(b"one\ntwo\n").expect("write");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let _ = attach.kill();
+    let out = attach.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("got-one") && text.contains("got-two"),
+        "attach output: {text}"
+    );
+    assert!(c.ok(&["logs", "talker"]).contains("err-two"));
+}

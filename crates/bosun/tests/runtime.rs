@@ -53,6 +53,7 @@ fn config(node: &Node, name: &str, script: &str) -> ContainerConfig {
         resources: Default::default(),
         log_path: node.root.join(format!("logs/{name}.log")),
         labels: Default::default(),
+        stdin: false,
     }
 }
 

@@ -19,11 +19,16 @@ use tokio::sync::mpsc;
 
 use crate::Agent;
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const CLOSE: u8 = 255;
+/// The channel of standard input.
+pub const STDIN: u8 = 0;
+/// The channel of standard output.
+pub const STDOUT: u8 = 1;
+/// The channel of standard error.
+pub const STDERR: u8 = 2;
+/// The channel of the final status.
+pub const ERROR: u8 = 3;
+/// v5's signal that closes a channel.
+pub const CLOSE: u8 = 255;
 
 /// The protocols offered, best first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];

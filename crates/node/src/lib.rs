@@ -6,12 +6,13 @@
 //! the pod's status ([`status`]) and events ([`events`]). Containers are created from the pod
 //! spec as Kubernetes defines it ([`process`]) from images pulled as their policy says
 //! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
-//! ([`logs`]), runs commands in them ([`exec`]) and forwards ports to them ([`portforward`],
+//! ([`logs`]), runs commands in them ([`exec`]), attaches to them ([`attach`]) and forwards ports to them ([`portforward`],
 //! over [`spdy`]) for the API server.
 //!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
 
+pub mod attach;
 pub mod backoff;
 pub mod events;
 pub mod exec;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use runtime::cri_log;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -192,18 +193,38 @@ pub async fn stream(
     if !opts.follow || opts.previous {
         return Ok(Body::from(first));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let _ = tx.send(Bytes::from(first)).await;
-    let id = chosen.id.clone();
+    let follow_opts = Options {
+        tail_lines: None,
+        limit_bytes: None,
+        since: None,
+        ..opts
+    };
+    let records = follow(agent, chosen.id.clone(), path, raw.len() as u64);
+    let first = futures::stream::once(async move { Bytes::from(first) });
+    let rest = futures::stream::unfold(records, move |mut rx| {
+        let opts = follow_opts.clone();
+        async move {
+            rx.recv()
+                .await
+                .map(|chunk| (Bytes::from(render(&chunk, &opts)), rx))
+        }
+    });
+    Ok(Body::from_stream(
+        first.chain(rest).map(Ok::<_, std::convert::Infallible>),
+    ))
+}
+
+/// Whole CRI records appended to a container's log from `offset` on, as they come, until the
+/// container stops running or the receiver is dropped; a rotation starts over at the new file.
+pub fn follow(
+    agent: Arc<Agent>,
+    id: String,
+    path: PathBuf,
+    mut offset: u64,
+) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     tokio::spawn(async move {
-        let mut offset = raw.len() as u64;
         let mut pending: Vec<u8> = Vec::new();
-        let follow_opts = Options {
-            tail_lines: None,
-            limit_bytes: None,
-            since: None,
-            ..opts
-        };
         loop {
             let ended = !matches!(
                 agent.runtime.get(&id).map(|c| c.state),
@@ -222,26 +243,20 @@ pub async fn stream(
                     pending.extend_from_slice(&buf);
                 }
             }
-            // Only whole records are rendered; a record being written waits for the next round.
+            // Only whole records go out; a record being written waits for the next round.
             if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
                 let chunk: Vec<u8> = pending.drain(..=end).collect();
-                let out = render(&chunk, &follow_opts);
-                if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                if tx.send(chunk).await.is_err() {
                     return;
                 }
             }
             if ended || tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
-    Ok(Body::from_stream(stream))
+    rx
 }
 
 #[cfg(test)]

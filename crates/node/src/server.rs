@@ -5,6 +5,8 @@
 //! - `GET /containerLogs/{namespace}/{pod}/{container}`: the container's log ([`crate::logs`]).
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=...&stdin=&stdout=&stderr=`: a
 //!   WebSocket in the `v5.channel.k8s.io` (or v4) protocol; see [`crate::exec`].
+//! - `GET|POST /attach/{namespace}/{pod}/{container}`: the same WebSocket protocol, attached to
+//!   the container's output and input; see [`crate::attach`].
 //! - `GET|POST /portForward/{namespace}/{pod}`: a WebSocket tunnelling SPDY/3.1
 //!   (`SPDY/3.1+portforward.k8s.io`); see [`crate::portforward`].
 //! - `GET /healthz`.
@@ -89,6 +91,10 @@ pub async fn serve(agent: Arc<Agent>, addr: SocketAddr, tls: Tls) -> anyhow::Res
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach).post(attach),
+        )
         .route(
             "/portForward/{namespace}/{pod}",
             get(port_forward).post(port_forward),
@@ -182,6 +188,31 @@ async fn exec(
         Err(msg) => return bad_request(msg),
     };
     crate::exec::upgrade(agent, ws, id, command)
+}
+
+async fn attach(
+    State(agent): State<Arc<Agent>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    ws: Result<
+        axum::extract::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return bad_request("attach needs a WebSocket upgrade (v5.channel.k8s.io)".into());
+    };
+    let id = match agent.running_container(&namespace, &pod, &container) {
+        Ok(id) => id,
+        Err(msg) => return bad_request(msg),
+    };
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let streams = crate::attach::Streams {
+        stdin: flag("stdin"),
+        stdout: flag("stdout"),
+        stderr: flag("stderr"),
+    };
+    crate::attach::upgrade(agent, ws, id, streams)
 }
 
 async fn port_forward(

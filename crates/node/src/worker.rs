@@ -626,6 +626,7 @@ impl Worker {
                 .join(&c.name)
                 .join(format!("{attempt}.log")),
             labels,
+            stdin: c.stdin.unwrap_or(false),
         })
     }
 

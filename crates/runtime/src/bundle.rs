@@ -164,6 +164,7 @@ mod tests {
             resources: Default::default(),
             log_path: "/logs/0.log".into(),
             labels: Default::default(),
+            stdin: false,
         }
     }
 

@@ -124,6 +124,10 @@ pub struct ContainerConfig {
     /// attempt...).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Whether the process gets a standard input that `kubectl attach -i` can write to (a FIFO
+    /// in the container's directory); otherwise it reads /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// Written by the supervisor once the container's process runs.
@@ -399,6 +403,11 @@ impl Runtime {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The FIFO that is the standard input of container `id`, when it was created with one.
+    pub fn stdin_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("stdin")
     }
 
     /// The helper command that runs `command` inside running container `id` (see

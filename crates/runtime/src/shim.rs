@@ -96,9 +96,25 @@ fn supervise(args: &Args) -> Result<(), String> {
 
     let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let stdin: OwnedFd = File::open("/dev/null")
-        .map_err(|e| format!("open /dev/null: {e}"))?
-        .into();
+    let stdin: OwnedFd = if config["config"]["stdin"].as_bool() == Some(true) {
+        // A FIFO the container reads and `kubectl attach -i` writes to; opened for reading and
+        // writing so that the container never sees the end of it between attaches.
+        let fifo = bundle.join("stdin");
+        if !fifo.exists() {
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("create the stdin FIFO: {e}"))?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .map_err(|e| format!("open the stdin FIFO: {e}"))?
+            .into()
+    } else {
+        File::open("/dev/null")
+            .map_err(|e| format!("open /dev/null: {e}"))?
+            .into()
+    };
 
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.state_root)

@@ -1,0 +1,110 @@
+//! `kubectl attach` on the node: the container's output from now on, by stream (stdout on
+//! channel 1, stderr on channel 2, read from its log as the supervisor writes it), and, for a
+//! container with `stdin: true`, what the user types, written to the container's standard input
+//! (a FIFO its supervisor made). The same WebSocket protocol as `exec`; the session ends with a
+//! Success status when the container stops. Terminals (`-t`) are not supported yet.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::Agent;
+
+/// What the client asked to attach.
+pub struct Streams {
+    /// Its input.
+    pub stdin: bool,
+    /// Its standard output.
+    pub stdout: bool,
+    /// Its standard error.
+    pub stderr: bool,
+}
+
+/// Accepts the WebSocket and attaches it to the running container `id`.
+pub fn upgrade(agent: Arc<Agent>, ws: WebSocketUpgrade, id: String, streams: Streams) -> Response {
+    ws.protocols(crate::exec::PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = session(agent, socket, id, streams).await {
+                tracing::debug!(error = %e, "attach session ended with an error");
+            }
+        })
+}
+
+async fn session(
+    agent: Arc<Agent>,
+    socket: WebSocket,
+    id: String,
+    streams: Streams,
+) -> anyhow::Result<()> {
+    let container = agent.runtime.get(&id)?;
+    let log = container.config.log_path.clone();
+    let offset = tokio::fs::metadata(&log)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let (mut sink, mut source) = socket.split();
+    sink.send(Message::Binary(vec![crate::exec::STDOUT].into()))
+        .await?;
+    let fifo = agent.runtime.stdin_path(&id);
+    let input = tokio::spawn(async move {
+        let mut stdin = if streams.stdin && container.config.stdin {
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .await
+                .ok()
+        } else {
+            None
+        };
+        while let Some(Ok(msg)) = source.next().await {
+            match msg {
+                Message::Binary(data) if data.first() == Some(&crate::exec::STDIN) => {
+                    if let Some(w) = stdin.as_mut()
+                        && w.write_all(&data[1..]).await.is_err() {
+                            stdin = None;
+                        }
+                }
+                Message::Binary(data) if data.first() == Some(&crate::exec::CLOSE) => stdin = None,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    let mut records = crate::logs::follow(agent.clone(), id, log, offset);
+    while let Some(chunk) = records.recv().await {
+        for record in chunk
+            .split(|&b| b == b'\n')
+            .filter_map(runtime::cri_log::parse)
+        {
+            let channel = match record.stream {
+                "stdout" if streams.stdout => crate::exec::STDOUT,
+                "stderr" if streams.stderr => crate::exec::STDERR,
+                _ => continue,
+            };
+            let mut frame = Vec::with_capacity(record.content.len() + 2);
+            frame.push(channel);
+            frame.extend_from_slice(record.content);
+            if !record.partial {
+                frame.push(b'\n');
+            }
+            if sink.send(Message::Binary(frame.into())).await.is_err() || input.is_finished() {
+                input.abort();
+                return Ok(());
+            }
+        }
+    }
+    input.abort();
+    let mut status = vec![crate::exec::ERROR];
+    status.extend_from_slice(&serde_json::to_vec(&crate::exec::exit_status(&[], 0))?);
+    sink.send(Message::Binary(status.into())).await?;
+    let _ = sink
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    Ok(())
+}
