@@ -295,6 +295,11 @@ async fn start_agent(
     data_dir: &std::path::Path,
     args: AgentArgs,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    if !running_as_root() {
+        anyhow::bail!(
+            "the node agent needs root (namespaces, mounts, cgroups, the pod bridge): run bosun server as root, or pass --disable-agent for the control plane alone"
+        );
+    }
     let node_name = match args.node_name {
         Some(n) => n,
         None => hostname()?,
@@ -336,6 +341,18 @@ async fn start_agent(
         api_server_user: apiserver::KUBELET_CLIENT.into(),
     };
     Ok(tokio::spawn(agent.run(tls)))
+}
+
+/// Whether this process runs as root (effective uid 0).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// This machine's hostname, lowercased as a Node name must be.

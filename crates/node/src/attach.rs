@@ -63,9 +63,10 @@ async fn session(
             match msg {
                 Message::Binary(data) if data.first() == Some(&crate::exec::STDIN) => {
                     if let Some(w) = stdin.as_mut()
-                        && w.write_all(&data[1..]).await.is_err() {
-                            stdin = None;
-                        }
+                        && w.write_all(&data[1..]).await.is_err()
+                    {
+                        stdin = None;
+                    }
                 }
                 Message::Binary(data) if data.first() == Some(&crate::exec::CLOSE) => stdin = None,
                 Message::Close(_) => break,
