@@ -206,5 +206,14 @@ async fn main() -> Result<()> {
         (loaded - idle + shim_pss) / 30.0
     );
     delete_all(&api).await?;
+    // The agent tears the pods down after they leave the API; wait for it before stopping the
+    // server, so that nothing is left running.
+    let containers = server.path().join("agent/containers");
+    for _ in 0..300 {
+        if std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
