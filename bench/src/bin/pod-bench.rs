@@ -68,7 +68,9 @@ async fn start_pods(api: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
     Ok(out.into_values().collect())
 }
 
-async fn delete_all(api: &Api<Pod>) -> Result<()> {
+/// Deletes the benchmark's pods and waits until the agent has torn them down (so that one phase
+/// does not pay for the last, and nothing is left running at the end).
+async fn delete_all(api: &Api<Pod>, data_dir: &std::path::Path) -> Result<()> {
     api.delete_collection(
         &DeleteParams::default(),
         &ListParams::default().labels("bench=pods"),
@@ -159,7 +161,7 @@ async fn main() -> Result<()> {
 
     // Warm-up: the first pod pays for the bridge and the page cache.
     start_pods(&api, &["warmup".to_string()]).await?;
-    delete_all(&api).await?;
+    delete_all(&api, server.path()).await?;
 
     let mut one_by_one = Vec::new();
     for i in 0..20 {
@@ -175,7 +177,7 @@ async fn main() -> Result<()> {
         percentile_ms(&mut one_by_one, 50.0),
         percentile_ms(&mut one_by_one, 99.0)
     );
-    delete_all(&api).await?;
+    delete_all(&api, server.path()).await?;
 
     let names: Vec<String> = (0..30).map(|i| format!("par-{i}")).collect();
     let t = Instant::now();
@@ -205,15 +207,6 @@ async fn main() -> Result<()> {
         "per running container (agent growth + supervisor PSS): {:.2} MiB",
         (loaded - idle + shim_pss) / 30.0
     );
-    delete_all(&api).await?;
-    // The agent tears the pods down after they leave the API; wait for it before stopping the
-    // server, so that nothing is left running.
-    let containers = server.path().join("agent/containers");
-    for _ in 0..300 {
-        if std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_all(&api, server.path()).await?;
     Ok(())
 }
