@@ -76,18 +76,20 @@ async fn delete_all(api: &Api<Pod>, data_dir: &std::path::Path) -> Result<()> {
         &ListParams::default().labels("bench=pods"),
     )
     .await?;
+    let containers = data_dir.join("agent/containers");
     for _ in 0..600 {
-        if api
+        let listed = api
             .list(&ListParams::default().labels("bench=pods"))
-            .await?
-            .items
-            .is_empty()
-        {
+            .await?;
+        let left = std::fs::read_dir(&containers)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if listed.items.is_empty() && left == 0 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("pods were not deleted within 60 s")
+    bail!("pods were not deleted and torn down within 60 s")
 }
 
 fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
