@@ -830,9 +830,11 @@ fn images_are_pulled_from_a_registry_with_the_pods_pull_secret() {
         "jsonpath={.items[*].message}",
     ]);
     assert!(events.contains("Successfully pulled image"), "{events}");
+    // imageID names the repo digest, as containerd reports it.
+    let image_id = c.jp("pod/pulled", "{.status.containerStatuses[0].imageID}");
     assert!(
-        c.jp("pod/pulled", "{.status.containerStatuses[0].imageID}")
-            .starts_with("sha256:")
+        image_id.starts_with(&format!("{insecure}/tools/busybox@sha256:")),
+        "{image_id}"
     );
 
     // imagePullPolicy Never refuses what is not on the node.

@@ -95,6 +95,18 @@ impl Pressure {
     }
 }
 
+/// Carries over the lastTransitionTime of each condition whose status is the same as before.
+pub fn keep_transition_times(now: Option<&mut Vec<NodeCondition>>, before: &[NodeCondition]) {
+    for c in now.into_iter().flatten() {
+        if let Some(old) = before
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
 /// The node's pressure conditions and Ready, as kubelet words them.
 pub fn pressure_conditions(p: &Pressure) -> Vec<NodeCondition> {
     let memory = p.memory_available < 100 << 20;
@@ -272,15 +284,7 @@ impl Agent {
             .unwrap_or_default()
             .into_iter()
             .map(|i| {
-                let mut names = vec![];
-                if let Some(d) = &i.manifest_digest {
-                    let repo = i
-                        .reference
-                        .rsplit_once(':')
-                        .map(|(r, _)| r)
-                        .unwrap_or(&i.reference);
-                    names.push(format!("{repo}@{d}"));
-                }
+                let mut names: Vec<String> = i.repo_digest().into_iter().collect();
                 names.push(i.reference.clone());
                 ContainerImage {
                     names: Some(names),
@@ -358,7 +362,16 @@ impl Agent {
     /// Writes the node's status.
     pub async fn report_status(&self) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let patch = serde_json::json!({ "status": self.node_status() });
+        let mut status = self.node_status();
+        // A condition whose status did not change keeps the time it last changed.
+        if let Ok(current) = nodes.get_status(&self.config.node_name).await {
+            let before = current
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default();
+            keep_transition_times(status.conditions.as_mut(), &before);
+        }
+        let patch = serde_json::json!({ "status": status });
         nodes
             .patch_status(
                 &self.config.node_name,
@@ -473,5 +486,35 @@ mod tests {
         assert_eq!(status(&low, "DiskPressure"), "True");
         assert_eq!(status(&low, "PIDPressure"), "True");
         assert_eq!(status(&low, "Ready"), "True");
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let fine = Pressure {
+            memory_available: 1 << 30,
+            disk_free: 0.5,
+            pids_free: 0.9,
+        };
+        let mut before = pressure_conditions(&fine);
+        let long_ago = crate::status::time(Utc::now() - chrono::Duration::hours(1));
+        for c in &mut before {
+            c.last_transition_time = Some(long_ago.clone());
+        }
+        let mut now = pressure_conditions(&Pressure {
+            disk_free: 0.01,
+            ..fine
+        });
+        keep_transition_times(Some(&mut now), &before);
+        let time_of = |kind: &str| {
+            now.iter()
+                .find(|c| c.type_ == kind)
+                .and_then(|c| c.last_transition_time.clone())
+        };
+        assert_eq!(time_of("Ready"), Some(long_ago.clone()));
+        assert_ne!(
+            time_of("DiskPressure"),
+            Some(long_ago),
+            "it changed to True just now"
+        );
     }
 }

@@ -35,6 +35,9 @@ pub mod label {
     pub const KIND: &str = "io.bosun.container.kind";
     /// The attempt: 0 for the first run, then one more for each restart.
     pub const ATTEMPT: &str = "io.kubernetes.container.restartCount";
+    /// The image as the status reports it: `repo@sha256:<manifest>` when the image came with
+    /// a manifest digest, else its id.
+    pub const IMAGE_REF: &str = "io.bosun.image.ref";
 }
 
 /// Whether a container is an init container or a regular one.
@@ -602,6 +605,10 @@ impl Worker {
             (label::CONTAINER.to_string(), c.name.clone()),
             (label::KIND.to_string(), kind.label().to_string()),
             (label::ATTEMPT.to_string(), attempt.to_string()),
+            (
+                label::IMAGE_REF.to_string(),
+                image.repo_digest().unwrap_or_else(|| image.id.clone()),
+            ),
         ]);
         Ok(ContainerConfig {
             image: c.image.clone().unwrap_or_default(),
@@ -787,7 +794,13 @@ impl Worker {
         let mut view = ContainerView {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
-            image_id: cur.map(|k| k.image_id.clone()),
+            image_id: cur.map(|k| {
+                k.config
+                    .labels
+                    .get(label::IMAGE_REF)
+                    .cloned()
+                    .unwrap_or_else(|| k.image_id.clone())
+            }),
             container_id: cur.map(|k| format!("bosun://{}", k.id)),
             restart_count: cur.map(attempt_of).unwrap_or(0),
             now: Now::Waiting {

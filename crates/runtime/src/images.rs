@@ -76,6 +76,18 @@ pub struct Image {
 }
 
 impl Image {
+    /// `repo@sha256:<manifest>`, when the image came with a manifest digest.
+    pub fn repo_digest(&self) -> Option<String> {
+        let digest = self.manifest_digest.as_ref()?;
+        let repo = self
+            .reference
+            .rsplit_once(':')
+            .filter(|(_, tag)| !tag.contains('/'))
+            .map(|(r, _)| r)
+            .unwrap_or(&self.reference);
+        Some(format!("{repo}@{digest}"))
+    }
+
     /// The image's OCI config (`config.Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`...).
     pub fn config(&self, store: &ImageStore) -> Result<Value> {
         let raw = fs::read(store.blob_path(&self.id))
@@ -729,6 +741,33 @@ fn tempdir_in(parent: &Path) -> Result<TempDir> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_digests_name_the_repository_without_its_tag() {
+        let image = |reference: &str, digest: Option<&str>| Image {
+            reference: reference.into(),
+            id: "sha256:c".into(),
+            manifest_digest: digest.map(String::from),
+            layers: vec![],
+            size: 0,
+        };
+        assert_eq!(
+            image("docker.io/library/busybox:1.36", Some("sha256:m"))
+                .repo_digest()
+                .as_deref(),
+            Some("docker.io/library/busybox@sha256:m")
+        );
+        assert_eq!(
+            image("127.0.0.1:5000/tools/busybox:1.36", Some("sha256:m"))
+                .repo_digest()
+                .as_deref(),
+            Some("127.0.0.1:5000/tools/busybox@sha256:m")
+        );
+        assert_eq!(
+            image("docker.io/library/busybox:1.36", None).repo_digest(),
+            None
+        );
+    }
     use std::os::unix::fs::FileTypeExt;
 
     /// Builds the busybox archives with the shared image script (needs busybox-static).
