@@ -98,14 +98,5 @@ async fn session(
         }
     }
     input.abort();
-    let mut status = vec![crate::exec::ERROR];
-    status.extend_from_slice(&serde_json::to_vec(&crate::exec::exit_status(&[], 0))?);
-    sink.send(Message::Binary(status.into())).await?;
-    let _ = sink
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        })))
-        .await;
-    Ok(())
+    crate::exec::finish(&mut sink, &crate::exec::exit_status(&[], 0)).await
 }

@@ -52,15 +52,7 @@ impl Recorder {
         let w = writer.clone();
         tokio::spawn(async move {
             while let Some(p) = pending.recv().await {
-                let result = w
-                    .write(
-                        &p.pod,
-                        p.container.as_deref(),
-                        p.kind,
-                        &p.reason,
-                        &p.message,
-                    )
-                    .await;
+                let result = w.write(&p).await;
                 if let Err(e) = result {
                     tracing::debug!(error = %e, reason = %p.reason, "recording an event failed");
                 }
@@ -96,14 +88,9 @@ impl Recorder {
 }
 
 impl Writer {
-    async fn write(
-        &self,
-        pod: &Pod,
-        container: Option<&str>,
-        kind: Kind,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), kube::Error> {
+    async fn write(&self, p: &Pending) -> Result<(), kube::Error> {
+        let (pod, container, kind) = (&p.pod, p.container.as_deref(), p.kind);
+        let (reason, message) = (p.reason.as_str(), p.message.as_str());
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();

@@ -120,10 +120,18 @@ async fn run(
     let mut sink = writer.await?;
     reader.abort();
     let code = status.code().unwrap_or(255);
+    finish(&mut sink, &exit_status(&command, code)).await
+}
+
+/// Ends a session: the final status on the error channel, then a normal closure (1000), which
+/// kubectl reads as the end of every stream.
+pub async fn finish<S>(sink: &mut S, status: &serde_json::Value) -> anyhow::Result<()>
+where
+    S: futures::Sink<Message, Error = axum::Error> + Unpin,
+{
     let mut frame = vec![ERROR];
-    frame.extend_from_slice(&serde_json::to_vec(&exit_status(&command, code))?);
+    frame.extend_from_slice(&serde_json::to_vec(status)?);
     sink.send(Message::Binary(frame.into())).await?;
-    // A normal closure (1000): kubectl reads it as the end of every stream.
     let _ = sink
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,

@@ -32,6 +32,17 @@ pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, St
     }
 }
 
+/// The host (the pod's address unless the action names one) and port an action reaches.
+fn target(
+    host: Option<&str>,
+    port: &IntOrString,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<(String, u16), String> {
+    let host = host.filter(|h| !h.is_empty()).unwrap_or(pod_ip).to_string();
+    Ok((host, resolve_port(port, container)?))
+}
+
 /// Runs a command in container `id`; Ok when it exits 0.
 pub async fn exec(
     agent: &Agent,
@@ -81,12 +92,7 @@ pub async fn http_get(
     {
         return Err("httpGet with scheme HTTPS is not supported yet".into());
     }
-    let port = resolve_port(&action.port, container)?;
-    let host = action
-        .host
-        .clone()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| pod_ip.to_string());
+    let (host, port) = target(action.host.as_deref(), &action.port, container, pod_ip)?;
     let path = action
         .path
         .clone()
@@ -132,12 +138,7 @@ pub async fn tcp_socket(
     pod_ip: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let port = resolve_port(&action.port, container)?;
-    let host = action
-        .host
-        .clone()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| pod_ip.to_string());
+    let (host, port) = target(action.host.as_deref(), &action.port, container, pod_ip)?;
     match tokio::time::timeout(
         timeout,
         tokio::net::TcpStream::connect((host.as_str(), port)),

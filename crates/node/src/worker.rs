@@ -72,7 +72,8 @@ pub struct Worker {
     last_status: Option<serde_json::Value>,
     start_time: DateTime<Utc>,
     pod_ip: Option<String>,
-    last_pod: Option<Pod>,
+    /// The pod's volumes, once set up.
+    volumes: Option<crate::volumes::Volumes>,
 }
 
 fn is_id(s: &str) -> bool {
@@ -183,7 +184,7 @@ pub async fn run(
         last_status: None,
         start_time: Utc::now(),
         pod_ip: None,
-        last_pod: None,
+        volumes: None,
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -248,7 +249,6 @@ impl Worker {
     /// Brings the node in line with `pod`; returns when to look again (the pod changing wakes
     /// the worker sooner).
     async fn sync(&mut self, pod: &Pod) -> anyhow::Result<Duration> {
-        self.last_pod = Some(pod.clone());
         if pod.metadata.deletion_timestamp.is_some() {
             self.stop_all(pod, Duration::from_secs(grace_of(pod) as u64))
                 .await;
@@ -299,19 +299,17 @@ impl Worker {
                 false
             }
         };
-        let volumes = if sandbox_ready {
+        if sandbox_ready && self.volumes.is_none() {
             match crate::volumes::setup(pod, &self.pod_dir()) {
-                Ok(v) => Some(v),
+                Ok(v) => self.volumes = Some(v),
                 Err(e) => {
                     self.agent
                         .events
                         .record(pod, None, Kind::Warning, "FailedMount", &e);
-                    None
                 }
             }
-        } else {
-            None
-        };
+        }
+        let volumes = self.volumes.clone();
         let policy = spec
             .restart_policy
             .clone()
@@ -409,7 +407,12 @@ impl Worker {
         true
     }
 
+    /// Builds the pod's sandbox, address and /etc files, once per worker (a worker of an agent
+    /// that restarted finds them there and keeps them).
     async fn ensure_sandbox(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        if self.pod_ip.is_some() {
+            return Ok(());
+        }
         let sandbox = self.sandbox();
         let hostname = pod
             .spec
