@@ -6,9 +6,24 @@
 //! - [`serviceaccount`]: every namespace has a `default` service account.
 //! - [`root_ca`]: every namespace has the `kube-root-ca.crt` ConfigMap with the cluster CA.
 //! - [`csr_signer`]: approved client certificate requests are signed by the cluster CA.
+//! - [`replicaset`]: a ReplicaSet keeps its number of pods.
+//! - [`deployment`]: a Deployment rolls its template out through ReplicaSets.
+//! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
+//!
+//! The workload controllers share one watch and cache per kind ([`informer`]), remember their
+//! own writes until the cache shows them ([`expectations`]) and record events through one
+//! [`events::Recorder`].
 
 pub mod csr_signer;
+pub mod deployment;
+pub mod events;
+pub mod expectations;
+pub mod garbage_collector;
+pub mod informer;
 pub mod namespace;
+pub mod pods;
+pub mod replicaset;
+pub mod rollout;
 pub mod root_ca;
 pub mod serviceaccount;
 
@@ -16,7 +31,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::runtime::controller::Action;
+
+use crate::informer::Informer;
 
 /// Why a reconcile failed; every error is retried with back-off.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +47,9 @@ pub enum Error {
     /// The namespace still has content; it is looked at again shortly.
     #[error("namespace {0} still has content")]
     ContentRemaining(String),
+    /// Another object already has the name a Deployment's new ReplicaSet would get.
+    #[error("replica set name {0} is taken; trying the next collision count")]
+    HashCollision(String),
 }
 
 /// The result of a reconcile.
@@ -41,6 +64,38 @@ pub struct Context {
     /// Signs a client certificate request (PEM) for a number of seconds; the CA's key stays with
     /// whoever provides this.
     pub sign_client_csr: Option<Signer>,
+    /// The shared caches of the kinds the workload controllers read.
+    pub informers: Informers,
+    /// Writes the workload controllers made that their caches do not show yet.
+    pub expectations: expectations::Expectations,
+    /// Where events go.
+    pub events: events::Recorder,
+}
+
+/// One shared informer per kind.
+pub struct Informers {
+    /// Every pod.
+    pub pods: Arc<Informer<Pod>>,
+    /// Every ReplicaSet.
+    pub replicasets: Arc<Informer<ReplicaSet>>,
+    /// Every Deployment.
+    pub deployments: Arc<Informer<Deployment>>,
+}
+
+impl Informers {
+    fn start(client: &kube::Client) -> Self {
+        Self {
+            pods: Informer::start(Api::all(client.clone())),
+            replicasets: Informer::start(Api::all(client.clone())),
+            deployments: Informer::start(Api::all(client.clone())),
+        }
+    }
+
+    async fn ready(&self) {
+        self.pods.ready().await;
+        self.replicasets.ready().await;
+        self.deployments.ready().await;
+    }
 }
 
 /// Signs a certificate signing request (PEM) valid for some seconds, returning the certificate.
@@ -50,6 +105,11 @@ pub type Signer = Arc<dyn Fn(&str, i64) -> anyhow::Result<String> + Send + Sync>
 pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     match err {
         Error::ContentRemaining(_) => Action::requeue(Duration::from_millis(500)),
+        Error::Api(kube::Error::Api(e)) if e.code == 409 => {
+            // Written meanwhile: look again as soon as the cache has caught up.
+            Action::requeue(Duration::from_millis(200))
+        }
+        Error::HashCollision(_) => Action::requeue(Duration::from_millis(200)),
         Error::Api(e) => {
             tracing::warn!(error = %e, "reconcile failed");
             Action::requeue(Duration::from_secs(2))
@@ -63,13 +123,25 @@ pub fn start(
     ca_pem: String,
     sign_client_csr: Option<Signer>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let ctx = Arc::new(Context {
-        client,
-        ca_pem,
-        sign_client_csr,
-    });
     tokio::spawn(async move {
+        let ctx = Arc::new(Context {
+            informers: Informers::start(&client),
+            events: events::Recorder::new(client.clone()),
+            expectations: Default::default(),
+            client,
+            ca_pem,
+            sign_client_csr,
+        });
+        let workloads = async {
+            ctx.informers.ready().await;
+            tokio::select! {
+                _ = replicaset::run(ctx.clone()) => "replicaset",
+                _ = deployment::run(ctx.clone()) => "deployment",
+                _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
+            }
+        };
         let stopped = tokio::select! {
+            stopped = workloads => stopped,
             _ = namespace::run(ctx.clone()) => "namespace",
             _ = serviceaccount::run(ctx.clone()) => "serviceaccount",
             _ = root_ca::run(ctx.clone()) => "root-ca",

@@ -301,26 +301,42 @@ pub(super) async fn store_update(
         return Ok(new);
     }
     let stored = state.storage.update(ctx.rt, new, rev).await?;
-    // As upstream's ShouldDeleteDuringUpdate: the update removed the last finalizer of an object
-    // being deleted, and no grace period is still running (a pod's node deletes it at the end).
-    let grace_running = meta::lookup(&stored, "metadata.deletionGracePeriodSeconds")
-        .and_then(Value::as_i64)
-        .is_some_and(|g| g > 0);
-    if meta::is_deleting(&stored)
-        && super::delete::finalized(&stored)
-        && !super::delete::finalized(current)
-        && !grace_running
-    {
-        let new_rev = revision_of(&stored)?;
-        return match state
+    delete_if_finalized(state, ctx, stored).await
+}
+
+/// As upstream's ShouldDeleteDuringUpdate: an object being deleted that has no finalizer left
+/// and no grace period still running (a pod's node deletes it at the end) is deleted by the
+/// update that finds it so. A write that slips in between is followed by another try, so the
+/// deletion is never lost.
+async fn delete_if_finalized(state: &State, ctx: &Ctx, mut stored: Value) -> Result<Value> {
+    for _ in 0..PATCH_RETRIES {
+        let grace_running = meta::lookup(&stored, "metadata.deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if !meta::is_deleting(&stored) || !super::delete::finalized(&stored) || grace_running {
+            return Ok(stored);
+        }
+        let rev = revision_of(&stored)?;
+        match state
             .storage
-            .delete(ctx.rt, ctx.namespace(), meta::name(&stored), new_rev)
+            .delete(ctx.rt, ctx.namespace(), meta::name(&stored), rev)
             .await
         {
-            Ok(last) => Ok(last),
-            Err(e) if e.code == 404 || e.code == 409 => Ok(stored),
-            Err(e) => Err(e),
-        };
+            Ok(last) => return Ok(last),
+            Err(e) if e.code == 404 => return Ok(stored),
+            Err(e) if e.code == 409 => {
+                match state
+                    .storage
+                    .get(ctx.rt, ctx.namespace(), meta::name(&stored))
+                    .await
+                {
+                    Ok((now, _)) => stored = now,
+                    Err(e) if e.code == 404 => return Ok(stored),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(stored)
 }

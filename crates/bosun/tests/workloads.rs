@@ -1,0 +1,82 @@
+//! Workload controllers drive real pods: Deployments roll out through ReplicaSets, ReplicaSets
+//! keep their pods, and the garbage collector follows owners out in the background, the
+//! foreground or not at all (orphan), all through the real kubectl.
+
+mod common;
+
+use common::Cluster;
+
+fn deployment(name: &str, strategy: &str, value: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 2
+  strategy: {{type: {strategy}}}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox:1.36
+        command: ["sleep", "3600"]
+        env: [{{name: VALUE, value: "{value}"}}]
+"#
+    )
+}
+
+#[test]
+fn scenario_05_deployment() {
+    Cluster::start_node().scenario("05-deployment");
+}
+
+#[test]
+fn a_recreate_rollout_removes_every_old_pod_before_starting_new_ones() {
+    let c = Cluster::start_node();
+    c.apply(&deployment("re", "Recreate", "1"));
+    c.ok(&["rollout", "status", "deployment/re", "--timeout=90s"]);
+    let first = c.ok(&["get", "rs", "-l", "app=re", "-o", "name"]);
+    c.apply(&deployment("re", "Recreate", "2"));
+    c.ok(&["rollout", "status", "deployment/re", "--timeout=90s"]);
+    let values = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=re",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(values, "2 2", "only new pods remain");
+    assert_eq!(
+        c.jp(first.trim(), "{.spec.replicas}"),
+        "0",
+        "the old ReplicaSet is scaled to zero"
+    );
+    let events = c.ok(&["describe", "deployment", "re"]);
+    assert!(
+        events.contains("Scaled down replica set") && events.contains("Scaled up replica set"),
+        "{events}"
+    );
+    assert!(events.contains("NewReplicaSetAvailable"), "{events}");
+}
+
+#[test]
+fn foreground_deletion_waits_for_the_dependents() {
+    let c = Cluster::start_node();
+    c.apply(&deployment("fg", "RollingUpdate", "1"));
+    c.ok(&["rollout", "status", "deployment/fg", "--timeout=90s"]);
+    c.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=90s",
+    ]);
+    // kubectl returned once the Deployment was gone, which the foreground finalizer holds back
+    // until its ReplicaSet (and the ReplicaSet until its pods) is gone.
+    assert_eq!(c.ok(&["get", "rs,pods", "-l", "app=fg", "-o", "name"]), "");
+}

@@ -1,0 +1,194 @@
+//! What workload controllers ask of pods and owners: is a pod active, ready, available; which
+//! object controls it; which pods to delete first; and the controller reference they set.
+
+use std::cmp::Ordering;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+
+/// Whether a pod counts toward its controller's replicas: not finished and not being deleted.
+pub fn is_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod)
+}
+
+/// Whether the pod has finished (Succeeded or Failed).
+pub fn is_terminal(pod: &Pod) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+/// When the pod last turned Ready, if it is ready.
+fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
+    let cond = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    (cond.status == "True").then(|| cond.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Whether the pod has been ready for at least `min_ready_seconds` at `now`.
+pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+    match ready_since(pod) {
+        None => false,
+        Some(_) if min_ready_seconds <= 0 => true,
+        Some(None) => false,
+        Some(Some(since)) => now.as_second() - since.as_second() >= i64::from(min_ready_seconds),
+    }
+}
+
+/// The owner reference with `controller: true`, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+}
+
+/// The reference an object's controller sets on what it makes (controller and
+/// blockOwnerDeletion true).
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A `metav1.LabelSelector` as a matcher; an absent or invalid selector matches nothing.
+pub fn selector(sel: &LabelSelector) -> Option<api::selector::LabelSelector> {
+    let json = serde_json::to_value(sel).ok()?;
+    api::selector::LabelSelector::from_json(&json).ok()
+}
+
+/// Whether the labels in `meta` satisfy `sel`.
+pub fn selects(sel: &api::selector::LabelSelector, meta: &ObjectMeta) -> bool {
+    sel.matches_with(|k| meta.labels.as_ref()?.get(k).map(String::as_str))
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Orders pods from the one to delete first to the one to keep longest, as upstream's
+/// `ActivePods` ranking: unscheduled before scheduled, Pending before Unknown before Running,
+/// not ready before ready, ready for less time before ready for longer, more restarts before
+/// fewer, newer before older.
+pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
+    let assigned = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
+    let phase_rank = |p: &Pod| match phase(p) {
+        "Pending" | "" => 0,
+        "Unknown" => 1,
+        "Running" => 2,
+        _ => 3,
+    };
+    let since = |p: &Pod| ready_since(p).flatten();
+    assigned(a)
+        .cmp(&assigned(b))
+        .then(phase_rank(a).cmp(&phase_rank(b)))
+        .then(is_ready(a).cmp(&is_ready(b)))
+        .then_with(|| match (since(a), since(b)) {
+            (Some(x), Some(y)) if is_ready(a) && is_ready(b) => y.cmp(&x),
+            _ => Ordering::Equal,
+        })
+        .then(restarts(b).cmp(&restarts(a)))
+        .then_with(|| {
+            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(b).cmp(&created(a))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn pod(name: &str, node: bool, phase: &str, ready_at: Option<i64>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.then(|| "n".to_string()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: ready_at.map(|s| {
+                    vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(Timestamp::from_second(s).expect("time"))),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_least_valuable_pods_go_first() {
+        let mut pods = [
+            pod("old-ready", true, "Running", Some(100)),
+            pod("new-ready", true, "Running", Some(200)),
+            pod("running", true, "Running", None),
+            pod("pending", true, "Pending", None),
+            pod("unscheduled", false, "Pending", None),
+        ];
+        pods.sort_by(deletion_order);
+        let names: Vec<_> = pods
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unscheduled",
+                "pending",
+                "running",
+                "new-ready",
+                "old-ready"
+            ]
+        );
+    }
+
+    #[test]
+    fn availability_waits_for_min_ready_seconds() {
+        let p = pod("p", true, "Running", Some(100));
+        let at = |s| Timestamp::from_second(s).expect("time");
+        assert!(is_available(&p, 0, at(100)));
+        assert!(!is_available(&p, 10, at(105)));
+        assert!(is_available(&p, 10, at(110)));
+        assert!(!is_available(&pod("q", true, "Running", None), 0, at(1)));
+    }
+}

@@ -1,0 +1,380 @@
+//! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, as
+//! upstream's. It adopts orphan pods the selector matches, releases pods whose labels stop
+//! matching, creates missing pods from the template in slow-start batches (1, 2, 4, ... at most
+//! 500 per pass), deletes the least valuable pods first on scale down, and reports replicas,
+//! fullyLabeledReplicas, readyReplicas, availableReplicas and the ReplicaFailure condition.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::pods::{self, controller_of, controller_ref};
+use crate::{Context, Result, drive, retry};
+
+/// The name events are recorded under.
+const COMPONENT: &str = "replicaset-controller";
+/// The most pods created or deleted in one pass (upstream's burstReplicas).
+const BURST: usize = 500;
+
+/// Runs the ReplicaSet controller.
+pub async fn run(ctx: Arc<Context>) {
+    let sets = ctx.informers.replicasets.clone();
+    let all_pods = ctx.informers.pods.clone();
+    let store = sets.store();
+    let orphans = all_pods
+        .subscribe()
+        .filter(|p| futures::future::ready(controller_of(&p.metadata).is_none()));
+    let stream = Controller::for_shared_stream(sets.subscribe(), sets.store())
+        .owns_shared_stream(all_pods.subscribe())
+        .watches_shared_stream(orphans, move |pod: Arc<Pod>| {
+            let ns = pod.namespace();
+            store
+                .state()
+                .into_iter()
+                .filter(|rs| rs.namespace() == ns)
+                .filter(|rs| {
+                    rs.spec
+                        .as_ref()
+                        .and_then(|s| pods::selector(&s.selector))
+                        .is_some_and(|sel| !sel.is_empty() && pods::selects(&sel, &pod.metadata))
+                })
+                .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile, retry, ctx);
+    drive("replicaset", stream).await;
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = rs.namespace().unwrap_or_default();
+    let key = format!("ReplicaSet/{ns}/{}", rs.name_any());
+    let uid = rs.uid().unwrap_or_default();
+    let Some(spec) = rs.spec.as_ref() else {
+        return Ok(Action::await_change());
+    };
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+    let selector = pods::selector(&spec.selector).filter(|s| !s.is_empty());
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    let mut names = HashSet::new();
+    let mut owned = Vec::new();
+    for pod in ctx.informers.pods.objects() {
+        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        names.insert(pod.name_any());
+        if !pods::is_active(&pod) {
+            continue;
+        }
+        let matches = selector
+            .as_ref()
+            .is_some_and(|s| pods::selects(s, &pod.metadata));
+        match controller_of(&pod.metadata) {
+            Some(r) if r.uid == uid => {
+                if matches || deleting {
+                    owned.push(pod);
+                } else {
+                    release(&api, &pod, &uid).await?;
+                }
+            }
+            Some(_) => {}
+            None if matches && !deleting => {
+                adopt(&api, &pod, &rs).await?;
+                owned.push(pod);
+            }
+            None => {}
+        }
+    }
+
+    let outstanding = ctx.expectations.outstanding(
+        &key,
+        |name| names.contains(name),
+        |pod_uid| owned.iter().any(|p| p.uid().as_deref() == Some(pod_uid)),
+    );
+    owned.retain(|p| {
+        !outstanding
+            .deletes
+            .iter()
+            .any(|u| Some(u) == p.uid().as_ref())
+    });
+
+    let mut failure = None;
+    if !deleting {
+        let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+        let have = owned.len() + outstanding.creates.len();
+        if have < want {
+            let template = spec.template.clone().unwrap_or_default();
+            failure = create_pods(&ctx, &api, &rs, &key, &template, (want - have).min(BURST)).await;
+        } else if have > want {
+            let mut victims: Vec<&Arc<Pod>> = owned.iter().collect();
+            victims.sort_by(|a, b| pods::deletion_order(a, b));
+            victims.truncate((have - want).min(BURST));
+            delete_pods(&ctx, &api, &rs, &key, &victims).await?;
+            let gone: HashSet<_> = victims.iter().filter_map(|p| p.uid()).collect();
+            owned.retain(|p| p.uid().is_none_or(|u| !gone.contains(&u)));
+        }
+    }
+
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let status = status(&rs, &owned, failure, Timestamp::now());
+    if !same_status(rs.status.as_ref(), &status) {
+        let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut patch = json!({"status": status});
+        if status.conditions.is_none() {
+            patch["status"]["conditions"] = serde_json::Value::Null;
+        }
+        sets.patch_status(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    }
+    if min_ready > 0 && status.ready_replicas != status.available_replicas {
+        return Ok(Action::requeue(Duration::from_secs(
+            u64::try_from(min_ready).unwrap_or(1),
+        )));
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Makes `rs` the controller of an orphan pod.
+async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<()> {
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref(rs));
+    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.uid()}});
+    patch_pod(api, pod, patch).await
+}
+
+/// Removes the reference to the controller `uid` from a pod it no longer selects.
+async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<()> {
+    let refs: Vec<_> = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != uid)
+        .cloned()
+        .collect();
+    let refs = if refs.is_empty() {
+        json!(null)
+    } else {
+        json!(refs)
+    };
+    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.uid()}});
+    patch_pod(api, pod, patch).await
+}
+
+async fn patch_pod(api: &Api<Pod>, pod: &Pod, patch: serde_json::Value) -> Result<()> {
+    match api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pod a controller makes from its template.
+pub fn pod_from_template<K>(owner: &K, template: &PodTemplateSpec) -> Pod
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", owner.meta().name.as_deref().unwrap_or(""))),
+            namespace: owner.meta().namespace.clone(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![controller_ref(owner)]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Creates `count` pods in slow-start batches, stopping at the first batch with a failure;
+/// returns the failure's message.
+async fn create_pods(
+    ctx: &Context,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    key: &str,
+    template: &PodTemplateSpec,
+    count: usize,
+) -> Option<String> {
+    let pod = pod_from_template(rs, template);
+    let mut done = 0;
+    let mut batch = 1;
+    while done < count {
+        let n = batch.min(count - done);
+        let params = PostParams::default();
+        let results = futures::future::join_all((0..n).map(|_| api.create(&params, &pod))).await;
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(created) => {
+                    let name = created.name_any();
+                    ctx.expectations.created(key, &name);
+                    ctx.events.normal(
+                        COMPONENT,
+                        rs,
+                        "SuccessfulCreate",
+                        format!("Created pod: {name}"),
+                    );
+                }
+                Err(e) => {
+                    let message = match &e {
+                        kube::Error::Api(s) => s.message.clone(),
+                        other => other.to_string(),
+                    };
+                    // A terminating namespace refuses new pods; that is no failure of the set.
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 403 && message.contains("terminat"))
+                    {
+                        ctx.events.warning(
+                            COMPONENT,
+                            rs,
+                            "FailedCreate",
+                            format!("Error creating: {message}"),
+                        );
+                    }
+                    failure = Some(message);
+                }
+            }
+        }
+        if failure.is_some() {
+            return failure;
+        }
+        done += n;
+        batch *= 2;
+    }
+    None
+}
+
+async fn delete_pods(
+    ctx: &Context,
+    api: &Api<Pod>,
+    rs: &ReplicaSet,
+    key: &str,
+    victims: &[&Arc<Pod>],
+) -> Result<()> {
+    let results = futures::future::join_all(victims.iter().map(|pod| {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        let name = pod.name_any();
+        async move { (api.delete(&name, &params).await, name) }
+    }))
+    .await;
+    for ((result, name), pod) in results.into_iter().zip(victims) {
+        match result {
+            Ok(_) => {
+                ctx.expectations
+                    .deleted(key, &pod.uid().unwrap_or_default());
+                ctx.events.normal(
+                    COMPONENT,
+                    rs,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {name}"),
+                );
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The status of a set with these active pods, as upstream calculates it.
+fn status(
+    rs: &ReplicaSet,
+    pods: &[Arc<Pod>],
+    failure: Option<String>,
+    now: Timestamp,
+) -> ReplicaSetStatus {
+    let spec = rs.spec.as_ref();
+    let template_labels = spec
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let count = |f: &dyn Fn(&Pod) -> bool| {
+        i32::try_from(pods.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+    };
+    let mut conditions: Vec<ReplicaSetCondition> = rs
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "ReplicaFailure")
+        .collect();
+    if let Some(message) = failure {
+        let previous = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
+        conditions.push(ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some("FailedCreate".into()),
+            message: Some(message),
+            last_transition_time: previous
+                .and_then(|c| c.last_transition_time.clone())
+                .or(Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now,
+                ))),
+        });
+    }
+    ReplicaSetStatus {
+        replicas: count(&|_| true),
+        fully_labeled_replicas: Some(count(&|p| {
+            let labels = p.metadata.labels.as_ref();
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })),
+        ready_replicas: Some(count(&pods::is_ready)),
+        available_replicas: Some(count(&|p| pods::is_available(p, min_ready, now))),
+        observed_generation: rs.metadata.generation,
+        conditions: (!conditions.is_empty()).then_some(conditions),
+        terminating_replicas: rs.status.as_ref().and_then(|s| s.terminating_replicas),
+    }
+}
+
+/// Whether two statuses say the same, reading an absent count as zero.
+fn same_status(current: Option<&ReplicaSetStatus>, new: &ReplicaSetStatus) -> bool {
+    let Some(c) = current else { return false };
+    let n = |v: Option<i32>| v.unwrap_or(0);
+    c.replicas == new.replicas
+        && n(c.fully_labeled_replicas) == n(new.fully_labeled_replicas)
+        && n(c.ready_replicas) == n(new.ready_replicas)
+        && n(c.available_replicas) == n(new.available_replicas)
+        && c.observed_generation == new.observed_generation
+        && c.conditions.clone().unwrap_or_default() == new.conditions.clone().unwrap_or_default()
+}
