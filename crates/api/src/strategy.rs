@@ -38,7 +38,45 @@ pub fn prepare_for_create(rt: &ResourceType, obj: &mut Value) {
             _ => {}
         }
     }
+    if rt.group == "batch" && rt.kind == "Job" {
+        generate_job_selector(obj);
+    }
     meta::set_meta(obj, "generation", json!(1));
+}
+
+/// Labels a Job's pods with its UID and name and selects them by the UID, unless the Job asks
+/// for its own selector (`manualSelector: true`), as upstream's Job strategy does.
+fn generate_job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let uid = meta::meta_str(job, "uid").unwrap_or("").to_string();
+    let name = meta::name(job).to_string();
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    let metadata = &mut template["metadata"];
+    if !metadata.get("labels").is_some_and(Value::is_object) {
+        metadata["labels"] = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        metadata["labels"][k] = json!(v);
+    }
+    if !spec.contains_key("selector") {
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+    }
 }
 
 /// Prepares an update of the object (not of its status): keeps the stored status where a status

@@ -80,3 +80,53 @@ fn foreground_deletion_waits_for_the_dependents() {
     // until its ReplicaSet (and the ReplicaSet until its pods) is gone.
     assert_eq!(c.ok(&["get", "rs,pods", "-l", "app=fg", "-o", "name"]), "");
 }
+
+#[test]
+fn scenario_09_jobs() {
+    Cluster::start_node().scenario("09-jobs");
+}
+
+#[test]
+fn an_indexed_job_runs_each_index_once() {
+    let c = Cluster::start_node();
+    c.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: idx}
+spec:
+  completions: 3
+  parallelism: 3
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: w
+        image: busybox:1.36
+        command: ["sh", "-c", "echo index=$JOB_COMPLETION_INDEX"]
+"#,
+    );
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/idx",
+        "--timeout=90s",
+    ]);
+    assert_eq!(c.jp("job/idx", "{.status.completedIndexes}"), "0-2");
+    let mut logs: Vec<String> = (0..3)
+        .map(|i| {
+            let pod = c.ok(&[
+                "get",
+                "pods",
+                "-l",
+                &format!("batch.kubernetes.io/job-completion-index={i}"),
+                "-o",
+                "name",
+            ]);
+            c.ok(&["logs", pod.trim()]).trim().to_string()
+        })
+        .collect();
+    logs.sort();
+    assert_eq!(logs, ["index=0", "index=1", "index=2"]);
+}

@@ -8,18 +8,22 @@
 //! - [`csr_signer`]: approved client certificate requests are signed by the cluster CA.
 //! - [`replicaset`]: a ReplicaSet keeps its number of pods.
 //! - [`deployment`]: a Deployment rolls its template out through ReplicaSets.
+//! - [`job`]: a Job runs pods to completion; [`cronjob`] makes Jobs on a [`cron`] schedule.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
 //! The workload controllers share one watch and cache per kind ([`informer`]), remember their
 //! own writes until the cache shows them ([`expectations`]) and record events through one
 //! [`events::Recorder`].
 
+pub mod cron;
+pub mod cronjob;
 pub mod csr_signer;
 pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod informer;
+pub mod job;
 pub mod namespace;
 pub mod pods;
 pub mod replicaset;
@@ -32,6 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::controller::Action;
@@ -80,6 +85,10 @@ pub struct Informers {
     pub replicasets: Arc<Informer<ReplicaSet>>,
     /// Every Deployment.
     pub deployments: Arc<Informer<Deployment>>,
+    /// Every Job.
+    pub jobs: Arc<Informer<Job>>,
+    /// Every CronJob.
+    pub cronjobs: Arc<Informer<CronJob>>,
 }
 
 impl Informers {
@@ -88,6 +97,8 @@ impl Informers {
             pods: Informer::start(Api::all(client.clone())),
             replicasets: Informer::start(Api::all(client.clone())),
             deployments: Informer::start(Api::all(client.clone())),
+            jobs: Informer::start(Api::all(client.clone())),
+            cronjobs: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -95,6 +106,8 @@ impl Informers {
         self.pods.ready().await;
         self.replicasets.ready().await;
         self.deployments.ready().await;
+        self.jobs.ready().await;
+        self.cronjobs.ready().await;
     }
 }
 
@@ -137,6 +150,8 @@ pub fn start(
             tokio::select! {
                 _ = replicaset::run(ctx.clone()) => "replicaset",
                 _ = deployment::run(ctx.clone()) => "deployment",
+                _ = job::run(ctx.clone()) => "job",
+                _ = cronjob::run(ctx.clone()) => "cronjob",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
         };
