@@ -9,6 +9,8 @@
 //! - [`replicaset`]: a ReplicaSet keeps its number of pods.
 //! - [`deployment`]: a Deployment rolls its template out through ReplicaSets.
 //! - [`job`]: a Job runs pods to completion; [`cronjob`] makes Jobs on a [`cron`] schedule.
+//! - [`daemonset`]: a pod on every eligible node; [`statefulset`]: pods with stable names,
+//!   both keeping their template history as ControllerRevisions ([`revisions`]).
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
 //! The workload controllers share one watch and cache per kind ([`informer`]), remember their
@@ -18,6 +20,7 @@
 pub mod cron;
 pub mod cronjob;
 pub mod csr_signer;
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod expectations;
@@ -27,17 +30,21 @@ pub mod job;
 pub mod namespace;
 pub mod pods;
 pub mod replicaset;
+pub mod revisions;
 pub mod rollout;
 pub mod root_ca;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::controller::Action;
 
@@ -89,6 +96,14 @@ pub struct Informers {
     pub jobs: Arc<Informer<Job>>,
     /// Every CronJob.
     pub cronjobs: Arc<Informer<CronJob>>,
+    /// Every DaemonSet.
+    pub daemonsets: Arc<Informer<DaemonSet>>,
+    /// Every StatefulSet.
+    pub statefulsets: Arc<Informer<StatefulSet>>,
+    /// Every ControllerRevision.
+    pub revisions: Arc<Informer<ControllerRevision>>,
+    /// Every node.
+    pub nodes: Arc<Informer<Node>>,
 }
 
 impl Informers {
@@ -99,6 +114,10 @@ impl Informers {
             deployments: Informer::start(Api::all(client.clone())),
             jobs: Informer::start(Api::all(client.clone())),
             cronjobs: Informer::start(Api::all(client.clone())),
+            daemonsets: Informer::start(Api::all(client.clone())),
+            statefulsets: Informer::start(Api::all(client.clone())),
+            revisions: Informer::start(Api::all(client.clone())),
+            nodes: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -108,6 +127,10 @@ impl Informers {
         self.deployments.ready().await;
         self.jobs.ready().await;
         self.cronjobs.ready().await;
+        self.daemonsets.ready().await;
+        self.statefulsets.ready().await;
+        self.revisions.ready().await;
+        self.nodes.ready().await;
     }
 }
 
@@ -152,6 +175,8 @@ pub fn start(
                 _ = deployment::run(ctx.clone()) => "deployment",
                 _ = job::run(ctx.clone()) => "job",
                 _ = cronjob::run(ctx.clone()) => "cronjob",
+                _ = daemonset::run(ctx.clone()) => "daemonset",
+                _ = statefulset::run(ctx.clone()) => "statefulset",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
         };

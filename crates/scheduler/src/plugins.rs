@@ -95,7 +95,7 @@ pub fn allocatable(node: &Node) -> Resources {
 pub type Reason = String;
 
 /// Whether a toleration tolerates a taint (upstream's `ToleratesTaint`).
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         if t.effect
             .as_deref()
