@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -321,26 +321,15 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     for pod in delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod.name_any(), &params).await {
-            Ok(_) => {
-                ctx.expectations
-                    .deleted(&key, &pod.uid().unwrap_or_default());
-                ctx.events.normal(
-                    COMPONENT,
-                    ds.as_ref(),
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", pod.name_any()),
-                );
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        if pods::delete_exactly(&api, pod.as_ref(), DeleteParams::default()).await? {
+            ctx.expectations
+                .deleted(&key, &pod.uid().unwrap_or_default());
+            ctx.events.normal(
+                COMPONENT,
+                ds.as_ref(),
+                "SuccessfulDelete",
+                format!("Deleted pod: {}", pod.name_any()),
+            );
         }
     }
 

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -151,42 +151,11 @@ async fn claim_replica_sets(ctx: &Context, d: &Deployment) -> Result<Vec<Replica
                 if matches || deleting {
                     claimed.push((*rs).clone());
                 } else {
-                    let refs: Vec<_> = rs
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.uid != uid)
-                        .cloned()
-                        .collect();
-                    let refs = if refs.is_empty() {
-                        json!(null)
-                    } else {
-                        json!(refs)
-                    };
-                    let patch = json!({"metadata": {"ownerReferences": refs, "uid": rs.uid()}});
-                    ignore_gone(
-                        api.patch(
-                            &rs.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(patch),
-                        )
-                        .await,
-                    )?;
+                    pods::release(&api, rs.as_ref(), &uid).await?;
                 }
             }
             None if matches && !deleting && rs.metadata.deletion_timestamp.is_none() => {
-                let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(controller_ref(d));
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": rs.uid()}});
-                if let Some(adopted) = ignore_gone(
-                    api.patch(
-                        &rs.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await,
-                )? {
+                if let Some(adopted) = pods::adopt(&api, rs.as_ref(), d).await? {
                     claimed.push(adopted);
                 }
             }
@@ -194,14 +163,6 @@ async fn claim_replica_sets(ctx: &Context, d: &Deployment) -> Result<Vec<Replica
         }
     }
     Ok(claimed)
-}
-
-fn ignore_gone<T>(r: kube::Result<T>) -> Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn size(rs: &ReplicaSet) -> i32 {
@@ -922,14 +883,7 @@ impl Sync<'_> {
             {
                 continue;
             }
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: rs.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            ignore_gone(api.delete(&rs.name_any(), &params).await.map(|_| ()))?;
+            pods::delete_exactly(&api, rs, DeleteParams::default()).await?;
             deleted += 1;
         }
         Ok(())

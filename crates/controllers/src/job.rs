@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use serde_json::json;
 
@@ -171,18 +171,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
                 u64::try_from(left).unwrap_or(1),
             )));
         }
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: job.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::foreground()
-        };
-        match jobs.delete(&job.name_any(), &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        pods::delete_exactly(&jobs, job.as_ref(), DeleteParams::foreground()).await?;
         return Ok(Action::await_change());
     }
 
@@ -501,26 +490,15 @@ async fn delete_pods(
     victims: &[&Arc<Pod>],
 ) -> Result<()> {
     for pod in victims {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod.name_any(), &params).await {
-            Ok(_) => {
-                ctx.expectations
-                    .deleted(key, &pod.uid().unwrap_or_default());
-                ctx.events.normal(
-                    COMPONENT,
-                    job,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", pod.name_any()),
-                );
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        if pods::delete_exactly(api, pod.as_ref(), DeleteParams::default()).await? {
+            ctx.expectations
+                .deleted(key, &pod.uid().unwrap_or_default());
+            ctx.events.normal(
+                COMPONENT,
+                job,
+                "SuccessfulDelete",
+                format!("Deleted pod: {}", pod.name_any()),
+            );
         }
     }
     Ok(())

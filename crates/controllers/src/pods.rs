@@ -1,12 +1,17 @@
 //! What workload controllers ask of pods and owners: is a pod active, ready, available; which
-//! object controls it; which pods to delete first; and the controller reference they set.
+//! object controls it; which pods to delete first; the controller reference they set; and the
+//! writes that adopt, release and delete exactly the object seen.
 
 use std::cmp::Ordering;
+use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 /// Whether a pod counts toward its controller's replicas: not finished and not being deleted.
 pub fn is_active(pod: &Pod) -> bool {
@@ -123,6 +128,80 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
             let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
             created(b).cmp(&created(a))
         })
+}
+
+/// Makes `owner` the controller of an orphan object (`None` if the object is gone).
+pub async fn adopt<K, O>(api: &Api<K>, obj: &K, owner: &O) -> kube::Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    O: Resource<DynamicType = ()>,
+{
+    let mut refs = obj.meta().owner_references.clone().unwrap_or_default();
+    refs.push(controller_ref(owner));
+    set_owner_references(api, obj, &refs).await
+}
+
+/// Removes the reference to the owner `uid` from an object it no longer selects.
+pub async fn release<K>(api: &Api<K>, obj: &K, uid: &str) -> kube::Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let refs: Vec<OwnerReference> = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != uid)
+        .cloned()
+        .collect();
+    set_owner_references(api, obj, &refs).await
+}
+
+async fn set_owner_references<K>(
+    api: &Api<K>,
+    obj: &K,
+    refs: &[OwnerReference],
+) -> kube::Result<Option<K>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let refs = if refs.is_empty() {
+        json!(null)
+    } else {
+        json!(refs)
+    };
+    // The UID makes sure the very object seen is the one changed.
+    let patch = json!({"metadata": {"ownerReferences": refs, "uid": obj.meta().uid}});
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes exactly the object seen (a UID precondition); whether it was deleted now (an
+/// object already gone or replaced is left alone).
+pub async fn delete_exactly<K>(api: &Api<K>, obj: &K, params: DeleteParams) -> kube::Result<bool>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..params
+    };
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

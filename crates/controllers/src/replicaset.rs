@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -85,12 +85,12 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
                 if matches || deleting {
                     owned.push(pod);
                 } else {
-                    release(&api, &pod, &uid).await?;
+                    pods::release(&api, pod.as_ref(), &uid).await?;
                 }
             }
             Some(_) => {}
             None if matches && !deleting => {
-                adopt(&api, &pod, &rs).await?;
+                pods::adopt(&api, pod.as_ref(), rs.as_ref()).await?;
                 owned.push(pod);
             }
             None => {}
@@ -147,48 +147,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         )));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-/// Makes `rs` the controller of an orphan pod.
-async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> Result<()> {
-    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(controller_ref(rs));
-    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.uid()}});
-    patch_pod(api, pod, patch).await
-}
-
-/// Removes the reference to the controller `uid` from a pod it no longer selects.
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) -> Result<()> {
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|r| r.uid != uid)
-        .cloned()
-        .collect();
-    let refs = if refs.is_empty() {
-        json!(null)
-    } else {
-        json!(refs)
-    };
-    let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.uid()}});
-    patch_pod(api, pod, patch).await
-}
-
-async fn patch_pod(api: &Api<Pod>, pod: &Pod, patch: serde_json::Value) -> Result<()> {
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The pod a controller makes from its template.
@@ -277,32 +235,22 @@ async fn delete_pods(
     key: &str,
     victims: &[&Arc<Pod>],
 ) -> Result<()> {
-    let results = futures::future::join_all(victims.iter().map(|pod| {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        let name = pod.name_any();
-        async move { (api.delete(&name, &params).await, name) }
-    }))
+    let results = futures::future::join_all(
+        victims
+            .iter()
+            .map(|pod| pods::delete_exactly(api, pod.as_ref(), DeleteParams::default())),
+    )
     .await;
-    for ((result, name), pod) in results.into_iter().zip(victims) {
-        match result {
-            Ok(_) => {
-                ctx.expectations
-                    .deleted(key, &pod.uid().unwrap_or_default());
-                ctx.events.normal(
-                    COMPONENT,
-                    rs,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                );
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+    for (result, pod) in results.into_iter().zip(victims) {
+        if result? {
+            ctx.expectations
+                .deleted(key, &pod.uid().unwrap_or_default());
+            ctx.events.normal(
+                COMPONENT,
+                rs,
+                "SuccessfulDelete",
+                format!("Deleted pod: {}", pod.name_any()),
+            );
         }
     }
     Ok(())

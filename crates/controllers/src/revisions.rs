@@ -47,6 +47,15 @@ pub fn owned<K: Resource<DynamicType = ()>>(
     revisions
 }
 
+fn hash_label(r: &ControllerRevision) -> String {
+    r.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(HASH_LABEL))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn data(template: &PodTemplateSpec) -> serde_json::Value {
     let mut t = serde_json::to_value(template).unwrap_or_default();
     t["$patch"] = json!("replace");
@@ -88,15 +97,8 @@ where
                 api.patch(&r.name_any(), &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
             }
-            let hash = r
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(HASH_LABEL))
-                .cloned()
-                .unwrap_or_default();
             Current {
-                hash,
+                hash: hash_label(r),
                 name: r.name_any(),
             }
         }
@@ -143,14 +145,7 @@ where
         .len()
         .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
     for r in revisions.iter().take(excess) {
-        let hash = r
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(HASH_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        if r.name_any() == current.name || in_use.contains(&hash) {
+        if r.name_any() == current.name || in_use.contains(&hash_label(r)) {
             continue;
         }
         match api.delete(&r.name_any(), &DeleteParams::background()).await {

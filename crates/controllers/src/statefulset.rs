@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use serde_json::json;
 
@@ -200,15 +200,8 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     for pod in delete {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod.name_any(), &params).await {
-            Ok(_) => ctx.events.normal(
+        if pods::delete_exactly(&api, pod.as_ref(), DeleteParams::default()).await? {
+            ctx.events.normal(
                 COMPONENT,
                 sts.as_ref(),
                 "SuccessfulDelete",
@@ -216,9 +209,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
                     "delete Pod {} in StatefulSet {name} successful",
                     pod.name_any()
                 ),
-            ),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            );
         }
     }
 
