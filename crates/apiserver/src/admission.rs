@@ -1,7 +1,8 @@
 //! Admission: the checks and changes between decoding and storing that depend on other objects.
 //! Today: NamespaceLifecycle (no new content in missing or terminating namespaces; the default
-//! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told), and the
-//! requester recorded in certificate signing requests.
+//! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told),
+//! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
+//! eviction), and the requester recorded in certificate signing requests.
 
 use serde_json::{Value, json};
 
@@ -44,8 +45,37 @@ pub async fn admit_create(
         spec.entry("priority").or_insert(json!(0));
         spec.entry("preemptionPolicy")
             .or_insert(json!("PreemptLowerPriority"));
+        default_toleration_seconds(spec);
     }
     Ok(())
+}
+
+/// Upstream's DefaultTolerationSeconds: a pod that does not say how long it tolerates a
+/// not-ready or unreachable node (NoExecute) tolerates it for 300 seconds.
+fn default_toleration_seconds(spec: &mut serde_json::Map<String, Value>) {
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute") && (k == key || (k.is_empty() && exists))
+        });
+        if !covered {
+            list.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }));
+        }
+    }
 }
 
 /// Admits the deletion of an object.

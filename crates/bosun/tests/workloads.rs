@@ -231,3 +231,88 @@ spec:
         "{events}"
     );
 }
+
+#[test]
+fn a_silent_node_turns_unknown_is_tainted_and_its_pods_are_evicted() {
+    let c = Cluster::start();
+    c.apply("apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\n");
+    let pod = |name: &str, tolerations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: ghost\n  tolerations: {tolerations}\n  containers: [{{name: c, image: busybox:1.36}}]\n"
+        )
+    };
+    c.apply(&pod(
+        "doomed",
+        "[{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]",
+    ));
+    c.apply(&pod("patient", "[]"));
+    assert_eq!(
+        c.jp(
+            "pod/patient",
+            r#"{.spec.tolerations[?(@.key=="node.kubernetes.io/unreachable")].tolerationSeconds}"#
+        ),
+        "300",
+        "the default toleration is added at admission"
+    );
+    assert!(
+        c.wait_for(90, || c.jp(
+            "node/ghost",
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#
+        ) == "Unknown"),
+        "the node turns Unknown after 40 s of silence"
+    );
+    assert!(
+        c.wait_for(20, || c
+            .jp("node/ghost", "{.spec.taints[*].key}")
+            .contains("node.kubernetes.io/unreachable")),
+        "the node is tainted unreachable"
+    );
+    assert!(
+        c.wait_for(20, || !c
+            .jp("pod/doomed", "{.metadata.deletionTimestamp}")
+            .is_empty()),
+        "the pod that tolerates 1 s is evicted"
+    );
+    assert_eq!(c.jp("pod/patient", "{.metadata.deletionTimestamp}"), "");
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=doomed",
+    ]);
+    assert!(events.contains("TaintManagerEviction"), "{events}");
+}
+
+#[test]
+fn the_controllers_run_under_a_renewed_leader_lease() {
+    let c = Cluster::start();
+    let lease = "lease/kube-controller-manager";
+    assert!(
+        c.wait_for(30, || !c
+            .ok(&[
+                "-n",
+                "kube-system",
+                "get",
+                lease,
+                "-o",
+                "jsonpath={.spec.holderIdentity}"
+            ])
+            .is_empty()),
+        "the lease is taken"
+    );
+    let renewed = || {
+        c.ok(&[
+            "-n",
+            "kube-system",
+            "get",
+            lease,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let first = renewed();
+    assert!(
+        c.wait_for(10, || renewed() != first),
+        "the lease is renewed"
+    );
+}

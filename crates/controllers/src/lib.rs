@@ -11,8 +11,10 @@
 //! - [`job`]: a Job runs pods to completion; [`cronjob`] makes Jobs on a [`cron`] schedule.
 //! - [`daemonset`]: a pod on every eligible node; [`statefulset`]: pods with stable names,
 //!   both keeping their template history as ControllerRevisions ([`revisions`]).
+//! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
+//! They run only while this server holds the `kube-controller-manager` Lease ([`leader`]).
 //! The workload controllers share one watch and cache per kind ([`informer`]), remember their
 //! own writes until the cache shows them ([`expectations`]) and record events through one
 //! [`events::Recorder`].
@@ -27,7 +29,9 @@ pub mod expectations;
 pub mod garbage_collector;
 pub mod informer;
 pub mod job;
+pub mod leader;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod revisions;
@@ -160,6 +164,13 @@ pub fn start(
     sign_client_csr: Option<Signer>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
+        // One identity per machine: a server restarted on the same machine takes its Lease
+        // back at once instead of waiting for it to expire.
+        let identity = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "bosun".into());
+        let elector = leader::Elector::new(client.clone(), "kube-controller-manager", identity);
+        elector.acquire().await;
         let ctx = Arc::new(Context {
             informers: Informers::start(&client),
             events: events::Recorder::new(client.clone()),
@@ -177,10 +188,12 @@ pub fn start(
                 _ = cronjob::run(ctx.clone()) => "cronjob",
                 _ = daemonset::run(ctx.clone()) => "daemonset",
                 _ = statefulset::run(ctx.clone()) => "statefulset",
+                _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
         };
         let stopped = tokio::select! {
+            () = elector.hold() => "leader-election",
             stopped = workloads => stopped,
             _ = namespace::run(ctx.clone()) => "namespace",
             _ = serviceaccount::run(ctx.clone()) => "serviceaccount",

@@ -427,6 +427,17 @@ impl Agent {
         loop {
             match nodes.get(&self.config.node_name).await {
                 Ok(node) => {
+                    // The node lifecycle controller marked the node Unknown while this agent
+                    // was silent: say how it is now rather than at the next report.
+                    let written_off = node
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                        .is_some_and(|c| c.status == "Unknown");
+                    if written_off {
+                        since_report = REPORT;
+                    }
                     let uid = node.metadata.uid.unwrap_or_default();
                     if let Err(e) = self.renew_lease(&uid).await {
                         tracing::warn!(error = %e, "renewing the node lease failed");
