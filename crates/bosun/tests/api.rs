@@ -194,9 +194,15 @@ async fn the_kube_crate_is_a_second_client() {
     );
 
     let mut stream = Box::pin(
-        maps.watch(&WatchParams::default().timeout(10), &rv)
-            .await
-            .expect("watch"),
+        // only this map: the controllers may add kube-root-ca.crt to the namespace meanwhile
+        maps.watch(
+            &WatchParams::default()
+                .fields("metadata.name=from-rust")
+                .timeout(10),
+            &rv,
+        )
+        .await
+        .expect("watch"),
     );
     let patch = serde_json::json!({"data": {"k": "w"}});
     maps.patch("from-rust", &PatchParams::default(), &Patch::Merge(&patch))
