@@ -9,7 +9,7 @@ use api::selector::LabelSelector;
 
 use crate::authn::UserInfo;
 use crate::status::{ApiError, Result};
-use crate::storage::{Storage, to_object};
+use crate::storage::Storage;
 
 /// What a request wants to do.
 #[derive(Debug, Clone, Default)]
@@ -126,12 +126,7 @@ async fn objects(storage: &Storage, group: &str, plural: &str, ns: &str) -> Resu
     let rt = registry()
         .find(group, "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("{plural} are not registered")))?;
-    let range = storage
-        .backend
-        .range(&rt.namespace_prefix(ns), None, 0)
-        .await
-        .map_err(ApiError::unavailable)?;
-    range.kvs.iter().map(to_object).collect()
+    storage.list_in(rt, ns).await
 }
 
 /// The rules of a ClusterRole, with the rules of the roles it aggregates.

@@ -164,6 +164,13 @@ impl ApiError {
             ),
         )
     }
+    /// 429, e.g. an eviction a disruption budget does not allow.
+    pub fn too_many_requests(message: impl Into<String>, details: Option<Value>) -> Self {
+        Self {
+            details,
+            ..Self::new(429, "TooManyRequests", message)
+        }
+    }
     /// 500.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(

@@ -132,6 +132,17 @@ impl Storage {
         Ok(obj)
     }
 
+    /// Every object of a kind in a namespace ("" for all or cluster-scoped), each with its
+    /// resourceVersion.
+    pub async fn list_in(&self, rt: &ResourceType, ns: &str) -> Result<Vec<Value>> {
+        let range = self
+            .backend
+            .range(&rt.namespace_prefix(ns), None, 0)
+            .await
+            .map_err(ApiError::unavailable)?;
+        range.kvs.iter().map(to_object).collect()
+    }
+
     /// Removes an object that must still be at revision `expected`; returns its last state.
     pub async fn delete(
         &self,

@@ -316,3 +316,79 @@ fn the_controllers_run_under_a_renewed_leader_lease() {
         "the lease is renewed"
     );
 }
+
+#[test]
+fn drain_evicts_only_what_the_disruption_budget_allows() {
+    let c = Cluster::start_node();
+    c.apply(&deployment("guarded", "RollingUpdate", "1"));
+    c.ok(&["rollout", "status", "deployment/guarded", "--timeout=90s"]);
+    c.apply(
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: guard}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: guarded}}\n",
+    );
+    assert!(
+        c.wait_for(30, || c.jp("pdb/guard", "{.status.currentHealthy}") == "2"),
+        "the budget counts the healthy pods"
+    );
+    assert_eq!(c.jp("pdb/guard", "{.status.disruptionsAllowed}"), "0");
+    let drain = |timeout: &str| {
+        c.kubectl(&[
+            "drain",
+            common::NODE,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            &format!("--timeout={timeout}"),
+        ])
+    };
+    let out = drain("5s");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("disruption budget"), "{text}");
+    assert_eq!(
+        c.jp(&format!("node/{}", common::NODE), "{.spec.unschedulable}"),
+        "true"
+    );
+    let running = || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=guarded",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+    };
+    assert_eq!(running().split(' ').count(), 2, "nothing was evicted");
+
+    c.ok(&[
+        "patch",
+        "pdb",
+        "guard",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":1}}"#,
+    ]);
+    assert!(
+        c.wait_for(30, || c.jp("pdb/guard", "{.status.disruptionsAllowed}")
+            == "1"),
+        "the budget allows one disruption"
+    );
+    let out = drain("10s");
+    assert!(!out.status.success(), "the second pod stays protected");
+    let pending = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=guarded",
+        "--field-selector=status.phase=Pending",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !pending.is_empty(),
+        "the replacement waits for a schedulable node"
+    );
+    c.ok(&["uncordon", common::NODE]);
+    c.ok(&["rollout", "status", "deployment/guarded", "--timeout=90s"]);
+}

@@ -12,6 +12,7 @@
 //! - [`daemonset`]: a pod on every eligible node; [`statefulset`]: pods with stable names,
 //!   both keeping their template history as ControllerRevisions ([`revisions`]).
 //! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
+//! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
 //! They run only while this server holds the `kube-controller-manager` Lease ([`leader`]).
@@ -24,6 +25,7 @@ pub mod cronjob;
 pub mod csr_signer;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
@@ -49,6 +51,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::runtime::controller::Action;
 
@@ -108,6 +111,8 @@ pub struct Informers {
     pub revisions: Arc<Informer<ControllerRevision>>,
     /// Every node.
     pub nodes: Arc<Informer<Node>>,
+    /// Every PodDisruptionBudget.
+    pub budgets: Arc<Informer<PodDisruptionBudget>>,
 }
 
 impl Informers {
@@ -122,6 +127,7 @@ impl Informers {
             statefulsets: Informer::start(Api::all(client.clone())),
             revisions: Informer::start(Api::all(client.clone())),
             nodes: Informer::start(Api::all(client.clone())),
+            budgets: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -135,6 +141,7 @@ impl Informers {
         self.statefulsets.ready().await;
         self.revisions.ready().await;
         self.nodes.ready().await;
+        self.budgets.ready().await;
     }
 }
 
@@ -189,6 +196,7 @@ pub fn start(
                 _ = daemonset::run(ctx.clone()) => "daemonset",
                 _ = statefulset::run(ctx.clone()) => "statefulset",
                 _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
+                _ = disruption::run(ctx.clone()) => "disruption",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
         };

@@ -36,6 +36,11 @@ fn options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions> {
     } else {
         codec::decode(&codec::content_type(&ctx.headers), body)?
     };
+    options_from(ctx, &b)
+}
+
+/// DeleteOptions from a decoded body (or `null`) and the query.
+pub fn options_from(ctx: &Ctx, b: &Value) -> Result<DeleteOptions> {
     let q = &ctx.query;
     let grace = b
         .get("gracePeriodSeconds")

@@ -3,6 +3,7 @@
 //! store). Each verb lives in its own module.
 
 mod delete;
+mod eviction;
 mod read;
 mod review;
 mod scale;
@@ -143,6 +144,7 @@ async fn dispatch(state: &Arc<State>, ctx: &Ctx, body: Bytes) -> Result<Response
         ("deletecollection", "") => delete::delete_collection(state, ctx, &body).await,
         ("get" | "update" | "patch", "scale") => scale::scale(state, ctx, &body).await,
         ("create", "binding") => write::bind(state, ctx, &body).await,
+        ("create", "eviction") => eviction::evict(state, ctx, &body).await,
         _ => Err(ApiError::method_not_supported(ctx.rt, ctx.info.verb)),
     }
 }
