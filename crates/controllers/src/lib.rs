@@ -13,6 +13,7 @@
 //!   both keeping their template history as ControllerRevisions ([`revisions`]).
 //! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
 //! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
+//! - [`cleanup`]: events expire after an hour; finished pods beyond 12,500 go.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
 //! They run only while this server holds the `kube-controller-manager` Lease ([`leader`]).
@@ -20,6 +21,7 @@
 //! own writes until the cache shows them ([`expectations`]) and record events through one
 //! [`events::Recorder`].
 
+pub mod cleanup;
 pub mod cron;
 pub mod cronjob;
 pub mod csr_signer;
@@ -197,6 +199,7 @@ pub fn start(
                 _ = statefulset::run(ctx.clone()) => "statefulset",
                 _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
                 _ = disruption::run(ctx.clone()) => "disruption",
+                _ = cleanup::run(ctx.clone()) => "cleanup",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
         };
