@@ -160,8 +160,24 @@ fn cluster_role_rules(role: &Value, all: &[Value]) -> Vec<Value> {
 const RBAC: &str = "rbac.authorization.k8s.io";
 
 /// The rules that apply to the user in a namespace ("" for cluster-wide rules only): those of
-/// every ClusterRoleBinding and, in the namespace, every RoleBinding naming the user.
-pub async fn rules_for(storage: &Storage, user: &UserInfo, namespace: &str) -> Result<Vec<Value>> {
+/// every ClusterRoleBinding and, in the namespace, every RoleBinding naming the user. Worked
+/// out once per user and namespace until an RBAC object changes.
+pub async fn rules_for(
+    storage: &Storage,
+    user: &UserInfo,
+    namespace: &str,
+) -> Result<std::sync::Arc<Vec<Value>>> {
+    let key = format!("{}\0{}\0{namespace}", user.name, user.groups.join(","));
+    if let Some(rules) = storage.rbac.get(&key) {
+        return Ok(rules);
+    }
+    let generation = storage.rbac.generation();
+    let rules = std::sync::Arc::new(work_out_rules(storage, user, namespace).await?);
+    storage.rbac.put(key, generation, rules.clone());
+    Ok(rules)
+}
+
+async fn work_out_rules(storage: &Storage, user: &UserInfo, namespace: &str) -> Result<Vec<Value>> {
     let cluster_roles = objects(storage, RBAC, "clusterroles", "").await?;
     let role_named = |name: &str| cluster_roles.iter().find(|r| api::meta::name(r) == name);
     let mut rules = Vec::new();

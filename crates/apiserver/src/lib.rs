@@ -100,7 +100,10 @@ pub async fn start(config: Config) -> Result<Running> {
         )),
         None => Arc::new(backend),
     };
-    let storage = storage::Storage { backend };
+    let storage = storage::Storage {
+        backend,
+        rbac: Default::default(),
+    };
     bootstrap::system_namespaces(&storage).await?;
     bootstrap::rbac(&storage).await?;
     serve::serve(config, storage).await

@@ -16,6 +16,55 @@ use crate::status::{ApiError, Result, from_store};
 pub struct Storage {
     /// The store backend.
     pub backend: Arc<dyn Backend>,
+    /// Authorization rules already worked out, valid until RBAC objects change.
+    pub rbac: Arc<RbacCache>,
+}
+
+/// The rules each user has in each namespace, as worked out from the RBAC objects, kept until
+/// any RBAC object is written through this server (every request of a component would
+/// otherwise read and parse every role and binding).
+#[derive(Default)]
+pub struct RbacCache {
+    generation: std::sync::atomic::AtomicU64,
+    rules: std::sync::Mutex<std::collections::HashMap<String, (u64, Rules)>>,
+}
+
+/// A user's rules in a namespace.
+pub type Rules = Arc<Vec<Value>>;
+
+/// Cached rule sets beyond this many are all forgotten.
+const RBAC_CACHE_ENTRIES: usize = 10_000;
+
+impl RbacCache {
+    /// The current generation of the RBAC objects.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self, rt: &ResourceType) {
+        if rt.group == "rbac.authorization.k8s.io" {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// The rules cached under `key`, if worked out at the current generation.
+    pub fn get(&self, key: &str) -> Option<Arc<Vec<Value>>> {
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules
+            .get(key)
+            .filter(|(g, _)| *g == self.generation())
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Keeps rules worked out at `generation`.
+    pub fn put(&self, key: String, generation: u64, value: Arc<Vec<Value>>) {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.len() >= RBAC_CACHE_ENTRIES {
+            rules.clear();
+        }
+        rules.insert(key, (generation, value));
+    }
 }
 
 /// The object in a key-value, with its resourceVersion set.
@@ -113,6 +162,7 @@ impl Storage {
             .create(&key, encode(&obj))
             .await
             .map_err(|e| from_store(e, rt, &name))?;
+        self.rbac.changed(rt);
         let mut obj = obj;
         meta::set_meta(&mut obj, "resourceVersion", Value::from(rev.to_string()));
         Ok(obj)
@@ -127,6 +177,7 @@ impl Storage {
             .update(&key, encode(&obj), expected)
             .await
             .map_err(|e| from_store(e, rt, &name))?;
+        self.rbac.changed(rt);
         let mut obj = obj;
         meta::set_meta(&mut obj, "resourceVersion", Value::from(rev.to_string()));
         Ok(obj)
@@ -156,6 +207,7 @@ impl Storage {
             .delete(&rt.key(ns, name), expected)
             .await
             .map_err(|e| from_store(e, rt, name))?;
+        self.rbac.changed(rt);
         let mut obj = to_object(&last)?;
         meta::set_meta(&mut obj, "resourceVersion", Value::from(rev.to_string()));
         Ok(obj)

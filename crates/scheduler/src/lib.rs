@@ -45,17 +45,11 @@ fn pending(p: &Pod) -> bool {
         && !terminal
 }
 
-fn bound_to<'a>(pods: &'a [Arc<Pod>], node: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-        .filter(|p| {
-            !p.status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
-        })
-        .map(|p| p.as_ref())
-        .collect()
+fn terminal(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
 }
 
 /// Runs the scheduler until its watches end.
@@ -90,6 +84,7 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
         nodes,
         pods,
         reported: HashMap::new(),
+        next_start: 0,
     };
     tokio::select! {
         _ = node_stream => anyhow::bail!("the node watch ended"),
@@ -104,7 +99,12 @@ struct Scheduler {
     pods: Store<Pod>,
     /// The last unschedulable message reported per pod uid.
     reported: HashMap<String, String>,
+    /// Where the next pod's search over the nodes starts.
+    next_start: usize,
 }
+
+/// How many bindings are written at once.
+const BINDS_IN_FLIGHT: usize = 64;
 
 impl Scheduler {
     async fn run(mut self, changed: Arc<Notify>) -> anyhow::Result<()> {
@@ -117,92 +117,86 @@ impl Scheduler {
         }
     }
 
-    /// Schedules every pending pod once, oldest first.
+    /// Schedules every pending pod once, highest priority and oldest first: placements are
+    /// decided one after the other against what each node carries (counting the pods placed
+    /// before), and the bindings are then written concurrently, as upstream's binding cycle.
     async fn pass(&mut self) {
         let nodes = self.nodes.state();
-        let mut pods: Vec<Arc<Pod>> = self.pods.state();
-        let mut queue: Vec<Arc<Pod>> = pods.iter().filter(|p| pending(p)).cloned().collect();
+        let pods: Vec<Arc<Pod>> = self.pods.state();
+        let mut infos: HashMap<String, plugins::NodeInfo> = HashMap::new();
+        for p in &pods {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                && !n.is_empty()
+                && !terminal(p)
+            {
+                infos.entry(n.to_string()).or_default().add(p);
+            }
+        }
+        for node in &nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            infos.entry(name).or_default().allocatable = Some(plugins::allocatable(node));
+        }
+        let mut queue: Vec<&Arc<Pod>> = pods.iter().filter(|p| pending(p)).collect();
         queue.sort_by_key(|p| {
             (
                 std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
                 p.metadata.creation_timestamp.clone().map(|t| t.0),
             )
         });
+        let empty = plugins::NodeInfo::default();
+        let wanted = feasible_nodes_to_find(nodes.len());
+        let mut binds = Vec::new();
         for pod in queue {
+            let want = plugins::pod_requests(pod);
             let mut reasons = Vec::new();
-            let mut best: Option<(i64, &Node)> = None;
-            for node in &nodes {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let others = bound_to(&pods, &name);
-                match plugins::filter(&pod, node, &others) {
+            let mut best: Option<(i64, usize)> = None;
+            let mut feasible = 0;
+            // Upstream's percentageOfNodesToScore: stop after enough feasible nodes, starting
+            // where the last pod stopped so that all nodes get their turn.
+            for k in 0..nodes.len() {
+                let i = (self.next_start + k) % nodes.len();
+                let node = &nodes[i];
+                let name = node.metadata.name.as_deref().unwrap_or("");
+                let info = infos.get(name).unwrap_or(&empty);
+                match plugins::filter_with(pod, &want, node, info) {
                     Ok(()) => {
-                        let s = plugins::score(&pod, node, &others);
+                        let s = plugins::score_with(&want, node, info);
                         if best.is_none_or(|(b, _)| s > b) {
-                            best = Some((s, node));
+                            best = Some((s, i));
+                        }
+                        feasible += 1;
+                        if feasible >= wanted {
+                            self.next_start = (i + 1) % nodes.len();
+                            break;
                         }
                     }
                     Err(r) => reasons.push(r),
                 }
             }
             match best {
-                Some((_, node)) => {
-                    let node_name = node.metadata.name.clone().unwrap_or_default();
-                    match self.bind(&pod, &node_name).await {
-                        Ok(()) => {
-                            // Count it on its node for the rest of this pass.
-                            let mut assumed = (*pod).clone();
-                            if let Some(spec) = assumed.spec.as_mut() {
-                                spec.node_name = Some(node_name);
-                            }
-                            pods.push(Arc::new(assumed));
-                        }
-                        Err(e) => tracing::debug!(error = %e, "binding failed"),
-                    }
+                Some((_, i)) => {
+                    let node_name = nodes[i].metadata.name.clone().unwrap_or_default();
+                    infos.entry(node_name.clone()).or_default().add(pod);
+                    binds.push(bind(self.client.clone(), (*pod).clone(), node_name));
                 }
                 None => {
                     let msg = plugins::unschedulable_message(nodes.len(), &reasons);
-                    self.unschedulable(&pod, &msg).await;
+                    self.unschedulable(pod, &msg).await;
                 }
             }
         }
+        futures::stream::iter(binds)
+            .buffer_unordered(BINDS_IN_FLIGHT)
+            .for_each(|r| {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "binding failed");
+                }
+                futures::future::ready(())
+            })
+            .await;
         let live: std::collections::HashSet<String> =
             pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         self.reported.retain(|uid, _| live.contains(uid));
-    }
-
-    async fn bind(&mut self, pod: &Pod, node: &str) -> anyhow::Result<()> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let binding = Binding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                uid: pod.metadata.uid.clone(),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.to_string()),
-                ..Default::default()
-            },
-        };
-        api.create_subresource::<_, serde_json::Value>(
-            "binding",
-            &name,
-            &PostParams::default(),
-            &binding,
-        )
-        .await?;
-        self.event(
-            pod,
-            "Normal",
-            "Scheduled",
-            &format!("Successfully assigned {ns}/{name} to {node}"),
-        )
-        .await;
-        Ok(())
     }
 
     async fn unschedulable(&mut self, pod: &Pod, msg: &str) {
@@ -228,10 +222,62 @@ impl Scheduler {
         {
             tracing::debug!(error = %e, "reporting an unschedulable pod failed");
         }
-        self.event(pod, "Warning", "FailedScheduling", msg).await;
+        record(self.client.clone(), pod, "Warning", "FailedScheduling", msg).await;
     }
+}
 
-    async fn event(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
+/// Binds a pod to a node and records the Scheduled event.
+async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> anyhow::Result<()> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..Default::default()
+        },
+    };
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        &name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await?;
+    record(
+        client,
+        &pod,
+        "Normal",
+        "Scheduled",
+        &format!("Successfully assigned {ns}/{name} to {node}"),
+    )
+    .await;
+    Ok(())
+}
+
+/// How many feasible nodes are enough to pick from, as upstream's adaptive
+/// percentageOfNodesToScore: all of up to 100 nodes, then a share falling from 50 % with the
+/// cluster's size, never below 5 % or 100 nodes.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN: usize = 100;
+    if nodes <= MIN {
+        return nodes.max(1);
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(MIN)
+}
+
+/// Records an event about a pod.
+async fn record(client: kube::Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let event = Event {
@@ -265,9 +311,23 @@ impl Scheduler {
             count: Some(1),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<Event> = Api::namespaced(client, &ns);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::debug!(error = %e, "recording an event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_clusters_score_a_share_of_their_nodes() {
+        assert_eq!(feasible_nodes_to_find(3), 3);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(200), 100);
     }
 }

@@ -146,10 +146,11 @@ fn matches_requirement(labels: &BTreeMap<String, String>, r: &NodeSelectorRequir
 
 /// Whether the pod's nodeSelector and required node affinity accept the node.
 pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
     let Some(spec) = pod.spec.as_ref() else {
         return true;
     };
+    let no_labels = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
     if let Some(selector) = &spec.node_selector
         && !selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     {
@@ -170,7 +171,7 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
             let exprs = term.match_expressions.clone().unwrap_or_default();
             let fields = term.match_fields.clone().unwrap_or_default();
             (!exprs.is_empty() || !fields.is_empty())
-                && exprs.iter().all(|r| matches_requirement(&labels, r))
+                && exprs.iter().all(|r| matches_requirement(labels, r))
                 && fields.iter().all(|r| {
                     r.key == "metadata.name"
                         && matches_requirement(
@@ -198,17 +199,62 @@ fn host_ports(pod: &Pod) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Why `node` cannot run `pod` next to `others` (the pods bound to it), or `Ok` when it can.
-pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+/// What a node already carries: the requests and host ports of the pods bound to it, summed
+/// once per scheduling pass rather than for every pod and node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    /// The summed requests; `pods` counts the pods.
+    pub requested: Resources,
+    /// The host ports in use, with their protocol.
+    pub ports: Vec<(String, i32)>,
+    /// The node's allocatable resources, when worked out already.
+    pub allocatable: Option<Resources>,
+}
+
+impl NodeInfo {
+    /// The node carrying `pods`.
+    pub fn of(pods: &[&Pod]) -> Self {
+        let mut info = Self::default();
+        for p in pods {
+            info.add(p);
+        }
+        info
+    }
+
+    /// Counts one more pod on the node.
+    pub fn add(&mut self, pod: &Pod) {
+        let r = pod_requests(pod);
+        self.requested.milli_cpu += r.milli_cpu;
+        self.requested.memory += r.memory;
+        self.requested.pods += 1;
+        self.ports.extend(host_ports(pod));
+    }
+}
+
+/// Why `node` cannot run `pod` besides what it carries (`info`), or `Ok` when it can.
+pub fn filter(pod: &Pod, node: &Node, info: &NodeInfo) -> Result<(), Vec<Reason>> {
+    filter_with(pod, &pod_requests(pod), node, info)
+}
+
+/// [`filter`] with the pod's requests worked out once by the caller.
+pub fn filter_with(
+    pod: &Pod,
+    want: &Resources,
+    node: &Node,
+    info: &NodeInfo,
+) -> Result<(), Vec<Reason>> {
+    let tolerations: &[Toleration] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[]);
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let t = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        if !tolerates(&tolerations, &t) {
+        if !tolerates(tolerations, &t) {
             return Err(vec!["node(s) were unschedulable".into()]);
         }
     }
@@ -224,7 +270,7 @@ pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        if !tolerates(&tolerations, &t) {
+        if !tolerates(tolerations, &t) {
             return Err(vec![
                 "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into(),
             ]);
@@ -233,11 +279,11 @@ pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>
     for taint in node
         .spec
         .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
     {
         if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerates(&tolerations, &taint)
+            && !tolerates(tolerations, taint)
         {
             return Err(vec![format!(
                 "node(s) had untolerated taint {{{}: {}}}",
@@ -251,15 +297,8 @@ pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>
             "node(s) didn't match Pod's node affinity/selector".into(),
         ]);
     }
-    let want = pod_requests(pod);
-    let have = allocatable(node);
-    let mut used = Resources::default();
-    for p in others {
-        let r = pod_requests(p);
-        used.milli_cpu += r.milli_cpu;
-        used.memory += r.memory;
-        used.pods += 1;
-    }
+    let have = info.allocatable.unwrap_or_else(|| allocatable(node));
+    let used = info.requested;
     let mut reasons = Vec::new();
     if used.pods + 1 > have.pods {
         reasons.push("Too many pods".to_string());
@@ -273,8 +312,7 @@ pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>
     if !reasons.is_empty() {
         return Err(reasons);
     }
-    let taken: Vec<(String, i32)> = others.iter().flat_map(|p| host_ports(p)).collect();
-    if host_ports(pod).iter().any(|p| taken.contains(p)) {
+    if host_ports(pod).iter().any(|p| info.ports.contains(p)) {
         return Err(vec![
             "node(s) didn't have free ports for the requested pod ports".into(),
         ]);
@@ -283,14 +321,16 @@ pub fn filter(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Vec<Reason>
 }
 
 /// LeastAllocated: 0-100, higher for the node with more cpu and memory left after the pod.
-pub fn score(pod: &Pod, node: &Node, others: &[&Pod]) -> i64 {
-    let have = allocatable(node);
-    let mut used = pod_requests(pod);
-    for p in others {
-        let r = pod_requests(p);
-        used.milli_cpu += r.milli_cpu;
-        used.memory += r.memory;
-    }
+pub fn score(pod: &Pod, node: &Node, info: &NodeInfo) -> i64 {
+    score_with(&pod_requests(pod), node, info)
+}
+
+/// [`score`] with the pod's requests worked out once by the caller.
+pub fn score_with(want: &Resources, node: &Node, info: &NodeInfo) -> i64 {
+    let have = info.allocatable.unwrap_or_else(|| allocatable(node));
+    let mut used = *want;
+    used.milli_cpu += info.requested.milli_cpu;
+    used.memory += info.requested.memory;
     let free = |cap: i64, u: i64| {
         if cap <= 0 {
             0
@@ -365,14 +405,14 @@ mod tests {
     fn resources_fit_until_the_node_is_full() {
         let n = node(json!({}));
         let big = wants("1500m", "1Gi");
-        assert!(filter(&big, &n, &[]).is_ok());
+        assert!(filter(&big, &n, &NodeInfo::default()).is_ok());
         assert_eq!(
-            filter(&big, &n, &[&big]),
+            filter(&big, &n, &NodeInfo::of(&[&big])),
             Err(vec!["Insufficient cpu".to_string()])
         );
         let huge = wants("100m", "5Gi");
         assert_eq!(
-            filter(&huge, &n, &[]),
+            filter(&huge, &n, &NodeInfo::default()),
             Err(vec!["Insufficient memory".to_string()])
         );
         // limits stand for missing requests; init containers count by their largest
@@ -394,14 +434,14 @@ mod tests {
             filter(
                 &pod(json!({"spec": {"nodeSelector": {"disk": "ssd"}}})),
                 &n,
-                &[]
+                &NodeInfo::default()
             )
             .is_ok()
         );
         let reason = filter(
             &pod(json!({"spec": {"nodeSelector": {"disk": "hdd"}}})),
             &n,
-            &[],
+            &NodeInfo::default(),
         )
         .expect_err("no");
         assert_eq!(
@@ -413,27 +453,34 @@ mod tests {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "disk", "operator": op, "values": values}]}]}}}}}))
         };
-        assert!(filter(&affinity("In", json!(["ssd", "nvme"])), &n, &[]).is_ok());
-        assert!(filter(&affinity("NotIn", json!(["ssd"])), &n, &[]).is_err());
+        assert!(
+            filter(
+                &affinity("In", json!(["ssd", "nvme"])),
+                &n,
+                &NodeInfo::default()
+            )
+            .is_ok()
+        );
+        assert!(filter(&affinity("NotIn", json!(["ssd"])), &n, &NodeInfo::default()).is_err());
         let tainted = node(
             json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
         );
-        let reason = filter(&pod(json!({})), &tainted, &[]).expect_err("tainted");
+        let reason = filter(&pod(json!({})), &tainted, &NodeInfo::default()).expect_err("tainted");
         assert_eq!(reason, ["node(s) had untolerated taint {dedicated: gpu}"]);
         let tolerant = pod(
             json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}}),
         );
-        assert!(filter(&tolerant, &tainted, &[]).is_ok());
+        assert!(filter(&tolerant, &tainted, &NodeInfo::default()).is_ok());
         let everything = pod(json!({"spec": {"tolerations": [{"operator": "Exists"}]}}));
-        assert!(filter(&everything, &tainted, &[]).is_ok());
+        assert!(filter(&everything, &tainted, &NodeInfo::default()).is_ok());
         let cordoned = node(json!({"spec": {"unschedulable": true}}));
         assert_eq!(
-            filter(&pod(json!({})), &cordoned, &[]).expect_err("cordoned"),
+            filter(&pod(json!({})), &cordoned, &NodeInfo::default()).expect_err("cordoned"),
             ["node(s) were unschedulable"]
         );
         let not_ready =
             node(json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}));
-        assert!(filter(&pod(json!({})), &not_ready, &[]).is_err());
+        assert!(filter(&pod(json!({})), &not_ready, &NodeInfo::default()).is_err());
     }
 
     #[test]
@@ -441,7 +488,7 @@ mod tests {
         let n = node(json!({}));
         let busy = wants("1", "2Gi");
         let p = wants("100m", "128Mi");
-        assert!(score(&p, &n, &[]) > score(&p, &n, &[&busy]));
+        assert!(score(&p, &n, &NodeInfo::default()) > score(&p, &n, &NodeInfo::of(&[&busy])));
         let msg = unschedulable_message(
             2,
             &[

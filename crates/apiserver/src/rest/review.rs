@@ -87,7 +87,8 @@ pub async fn create(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respon
             let ns = spec.get("namespace").and_then(Value::as_str).unwrap_or("");
             let rules = authz::rules_for(&state.storage, &ctx.user, ns).await?;
             let (non_resource, resource): (Vec<Value>, Vec<Value>) = rules
-                .into_iter()
+                .iter()
+                .cloned()
                 .partition(|r| r.get("nonResourceURLs").is_some());
             json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false})
         }

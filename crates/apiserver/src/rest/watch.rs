@@ -36,6 +36,23 @@ impl Filter {
     fn pass(&self, obj: &Value) -> bool {
         selected(obj, &self.labels, &self.fields)
     }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.0.is_empty()
+    }
+}
+
+/// The event line of a change as stored, when nothing about it needs the decoded object (no
+/// selector, no conversion, no table): the common case of informers, served without parsing.
+fn raw_event(kind: &str, kv: &store::KeyValue) -> Option<Bytes> {
+    let object = crate::storage::with_resource_version(kv)?;
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(&object);
+    line.extend_from_slice(b"}\n");
+    Some(Bytes::from(line))
 }
 
 struct Encoder {
@@ -113,6 +130,7 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
         table: codec::wants_table(&ctx.headers),
         include: ctx.include_object().to_string(),
     };
+    let raw = filter.is_empty() && !encoder.table && std::ptr::eq(encoder.stored, encoder.rt);
     let timeout = ctx
         .query
         .get("timeoutSeconds")
@@ -133,6 +151,10 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
             .map_err(ApiError::unavailable)?;
         let mut initial = Vec::new();
         for kv in &lw.kvs {
+            if raw && let Some(line) = raw_event("ADDED", kv) {
+                initial.push(line);
+                continue;
+            }
             let obj = to_object(kv)?;
             if filter.pass(&obj) {
                 initial.push(encoder.event("ADDED", &obj));
@@ -170,11 +192,18 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
                 ev = watch.events.recv() => match ev {
                     Some(ev) => {
                         last_rev = ev.revision();
-                        match translate(&ev, &filter) {
+                        let kind = match (&ev.kind, ev.prev.is_some()) {
+                            (store::EventType::Delete, _) => "DELETED",
+                            (store::EventType::Put, true) => "MODIFIED",
+                            (store::EventType::Put, false) => "ADDED",
+                        };
+                        if raw && let Some(line) = raw_event(kind, &ev.kv) {
+                            line
+                        } else { match translate(&ev, &filter) {
                             Ok(Some((kind, obj))) => encoder.event(kind, &obj),
                             Ok(None) => continue,
                             Err(e) => encoder.event("ERROR", &e.status()),
-                        }
+                        } }
                     }
                     None => return,
                 },
