@@ -12,10 +12,9 @@ use jiff::{Timestamp, ToSpan};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use crate::cron::{self, Schedule};
 use crate::pods::{controller_of, controller_ref};
@@ -213,16 +212,7 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action> {
     status.active = (!active.is_empty()).then_some(active);
     if status != old {
         let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut patch = json!({ "status": status });
-        if status.active.is_none() {
-            patch["status"]["active"] = serde_json::Value::Null;
-        }
-        api.patch_status(
-            &cj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
+        crate::write_status(&api, &cj.name_any(), &status, &["active"]).await?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }

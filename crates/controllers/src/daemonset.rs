@@ -16,10 +16,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::pods::{self, controller_of};
 use crate::revisions::{self, HASH_LABEL};
@@ -346,12 +345,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     });
     if !same {
         let sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        sets.patch_status(
-            &ds.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        crate::write_status(&sets, &ds.name_any(), &status, &[]).await?;
     }
     if min_ready > 0 && status.number_ready != status.number_available.unwrap_or(0) {
         return Ok(Action::requeue(Duration::from_secs(

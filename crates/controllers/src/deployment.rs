@@ -439,17 +439,7 @@ impl Sync<'_> {
 
     async fn write_status(&mut self, status: DeploymentStatus) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns());
-        let mut patch = json!({ "status": status });
-        if status.conditions.is_none() {
-            patch["status"]["conditions"] = serde_json::Value::Null;
-        }
-        self.d = api
-            .patch_status(
-                &self.d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?;
+        self.d = crate::write_status(&api, &self.d.name_any(), &status, &["conditions"]).await?;
         Ok(())
     }
 

@@ -16,10 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::pods::{self, controller_of};
 use crate::{Context, Result, drive, retry};
@@ -179,16 +178,7 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<A
     };
     if pdb.status.as_ref() != Some(&status) {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut patch = json!({ "status": status });
-        if status.disrupted_pods.is_none() {
-            patch["status"]["disruptedPods"] = serde_json::Value::Null;
-        }
-        api.patch_status(
-            &pdb.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
+        crate::write_status(&api, &pdb.name_any(), &status, &["disruptedPods"]).await?;
     }
     Ok(Action::requeue(Duration::from_secs(if pending > 0 {
         10

@@ -19,9 +19,8 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use serde_json::json;
 
 use crate::pods::{self, controller_of};
 use crate::{Context, Result, drive, retry};
@@ -430,16 +429,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     if status != old {
-        let mut patch = json!({ "status": status });
-        if status.conditions.is_none() {
-            patch["status"]["conditions"] = serde_json::Value::Null;
-        }
-        jobs.patch_status(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
+        crate::write_status(&jobs, &job.name_any(), &status, &["conditions"]).await?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }

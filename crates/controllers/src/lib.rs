@@ -228,6 +228,29 @@ where
     }
 }
 
+/// Writes an object's status with a merge patch. `cleared` names the optional fields that
+/// `status` leaves out because they are now empty: they are removed, which a merge patch
+/// would otherwise not do.
+pub(crate) async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+    cleared: &[&str],
+) -> kube::Result<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut status = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    for field in cleared {
+        if status.get(*field).is_none() {
+            status[*field] = serde_json::Value::Null;
+        }
+    }
+    let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+    api.patch_status(name, &kube::api::PatchParams::default(), &patch)
+        .await
+}
+
 /// Drives a controller's result stream, logging failures.
 pub(crate) async fn drive<S, T, E>(name: &'static str, stream: S)
 where

@@ -14,10 +14,9 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::pods::{self, controller_of, controller_ref};
 use crate::{Context, Result, drive, retry};
@@ -130,16 +129,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
     let status = status(&rs, &owned, failure, Timestamp::now());
     if !same_status(rs.status.as_ref(), &status) {
         let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut patch = json!({"status": status});
-        if status.conditions.is_none() {
-            patch["status"]["conditions"] = serde_json::Value::Null;
-        }
-        sets.patch_status(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
+        crate::write_status(&sets, &rs.name_any(), &status, &["conditions"]).await?;
     }
     if min_ready > 0 && status.ready_replicas != status.available_replicas {
         return Ok(Action::requeue(Duration::from_secs(

@@ -14,9 +14,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use serde_json::json;
 
 use crate::pods::{self, controller_of};
 use crate::revisions::{self, HASH_LABEL};
@@ -247,12 +246,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
     };
     if status != old {
         let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        sets.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        crate::write_status(&sets, &name, &status, &[]).await?;
     }
     if min_ready > 0 && status.ready_replicas != status.available_replicas {
         return Ok(Action::requeue(Duration::from_secs(
