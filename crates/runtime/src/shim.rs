@@ -128,11 +128,14 @@ fn supervise(args: &Args) -> Result<(), String> {
     let mut ctr = match built.and_then(|mut c| c.start().map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
+            // Everything is written before the answer: once answered, the agent may remove the
+            // bundle at once, and a late write would leave it half removed.
             let msg = e.to_string();
+            log_line(bundle, &msg);
             let _ = container::record_start_failure(bundle, &msg);
-            answer(&Answer::Failed(msg.clone()));
             cleanup_failed(&args.id, &args.state_root);
-            return Err(msg);
+            answer(&Answer::Failed(msg));
+            return Ok(());
         }
     };
     let pid = Pid::from_raw(ctr.pid().ok_or("the container has no pid")?.as_raw());
@@ -165,6 +168,10 @@ fn supervise(args: &Args) -> Result<(), String> {
         let _ = done_tx.send(());
     });
     let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    if let Err(e) = ctr.delete(true) {
+        log_line(bundle, &format!("delete: {e}"));
+    }
+    // The exit is recorded last: from then on the agent may remove the bundle.
     container::record_exit(
         bundle,
         &Exited {
@@ -175,11 +182,7 @@ fn supervise(args: &Args) -> Result<(), String> {
             start_error: None,
         },
     )
-    .map_err(|e| e.to_string())?;
-    if let Err(e) = ctr.delete(true) {
-        log_line(bundle, &format!("delete: {e}"));
-    }
-    Ok(())
+    .map_err(|e| e.to_string())
 }
 
 fn cleanup_failed(id: &str, state_root: &Path) {
