@@ -45,8 +45,37 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             default(spec, "finalizers", json!(["kubernetes"]));
         }
         ("", "Secret") => default(root, "type", json!("Opaque")),
+        ("scheduling.k8s.io", "PriorityClass") => {
+            default(root, "preemptionPolicy", json!("PreemptLowerPriority"))
+        }
         ("", "Service") => service_spec(child(root, "spec")),
         ("", "ReplicationController") => {
+            // Without a selector or labels of its own, a controller takes its template's labels.
+            let labels = root
+                .get("spec")
+                .and_then(|s| s.get("template"))
+                .and_then(|t| t.get("metadata"))
+                .and_then(|m| m.get("labels"))
+                .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+                .cloned();
+            if let Some(labels) = labels {
+                let meta = child(root, "metadata");
+                if meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|l| l.is_empty())
+                {
+                    meta.insert("labels".into(), labels.clone());
+                }
+                let spec = child(root, "spec");
+                if spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|s| s.is_empty())
+                {
+                    spec.insert("selector".into(), labels);
+                }
+            }
             let spec = child(root, "spec");
             default(spec, "replicas", json!(1));
             pod_template(spec);

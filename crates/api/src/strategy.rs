@@ -232,6 +232,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
                 ));
             }
         }
+        ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, &mut errs),
         ("batch", "CronJob") => {
             let schedule = obj
                 .get("spec")
@@ -252,6 +253,42 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
         _ => {}
     }
     errs
+}
+
+/// The highest priority a user-defined PriorityClass may have.
+pub const HIGHEST_USER_DEFINABLE_PRIORITY: i64 = 1_000_000_000;
+
+/// A PriorityClass: user classes stay at or below one billion, and `system-` names belong to
+/// the two system classes.
+fn priority_class(obj: &Value, errs: &mut ErrorList) {
+    let name = meta::name(obj);
+    let system = matches!(name, "system-node-critical" | "system-cluster-critical");
+    if name.starts_with("system-") && !system {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            json!(name),
+            "priority class names with 'system-' prefix are reserved",
+        ));
+    }
+    let value = obj.get("value").and_then(Value::as_i64).unwrap_or(0);
+    if !system && value > HIGHEST_USER_DEFINABLE_PRIORITY {
+        errs.push(FieldError::invalid(
+            "value",
+            json!(value),
+            format!(
+                "maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE_PRIORITY}"
+            ),
+        ));
+    }
+    if let Some(p) = obj.get("preemptionPolicy").and_then(Value::as_str)
+        && !matches!(p, "PreemptLowerPriority" | "Never")
+    {
+        errs.push(FieldError::not_supported(
+            "preemptionPolicy",
+            json!(p),
+            &["Never", "PreemptLowerPriority"],
+        ));
+    }
 }
 
 /// Validates what an update may not change.

@@ -2,7 +2,8 @@
 //! Today: NamespaceLifecycle (no new content in missing or terminating namespaces; the default
 //! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told),
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
-//! eviction), and the requester recorded in certificate signing requests.
+//! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
+//! the global default one), and the requester recorded in certificate signing requests.
 
 use serde_json::{Value, json};
 
@@ -42,11 +43,73 @@ pub async fn admit_create(
         spec.insert("serviceAccountName".into(), json!(sa));
         spec.entry("serviceAccount").or_insert(json!(sa));
         spec.entry("enableServiceLinks").or_insert(json!(true));
-        spec.entry("priority").or_insert(json!(0));
-        spec.entry("preemptionPolicy")
-            .or_insert(json!("PreemptLowerPriority"));
         default_toleration_seconds(spec);
+        priority(state, obj).await?;
     }
+    Ok(())
+}
+
+/// Upstream's Priority admission: the pod's PriorityClass (named, or else the one marked
+/// globalDefault) gives its priority and preemption policy; a pod may not state others.
+async fn priority(state: &State, pod: &mut Value) -> Result<()> {
+    let rt = registry()
+        .find("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(|| ApiError::internal("priorityclasses are not registered"))?;
+    let name = meta::name(pod).to_string();
+    let spec = &pod["spec"];
+    let class = match spec.get("priorityClassName").and_then(Value::as_str) {
+        Some(class) if !class.is_empty() => match state.storage.get(rt, "", class).await {
+            Ok((pc, _)) => Some(pc),
+            Err(e) if e.code == 404 => {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: no PriorityClass with name {class} was found"
+                )));
+            }
+            Err(e) => return Err(e),
+        },
+        _ => state
+            .storage
+            .list_in(rt, "")
+            .await?
+            .into_iter()
+            .filter(|pc| pc.get("globalDefault") == Some(&json!(true)))
+            // upstream picks the lowest when several claim to be the default
+            .min_by_key(|pc| pc.get("value").and_then(Value::as_i64).unwrap_or(0)),
+    };
+    let (value, policy) = match &class {
+        Some(pc) => (
+            pc.get("value").and_then(Value::as_i64).unwrap_or(0),
+            pc.get("preemptionPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("PreemptLowerPriority")
+                .to_string(),
+        ),
+        None => (0, "PreemptLowerPriority".to_string()),
+    };
+    if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+        && given != value
+    {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+        )));
+    }
+    if let Some(given) = spec.get("preemptionPolicy").and_then(Value::as_str)
+        && given != policy
+    {
+        return Err(ApiError::forbidden(format!(
+            "pods \"{name}\" is forbidden: the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+        )));
+    }
+    let spec = meta::ensure_object(
+        meta::ensure_object(pod)
+            .entry("spec")
+            .or_insert_with(|| json!({})),
+    );
+    if let Some(pc) = &class {
+        spec.insert("priorityClassName".into(), json!(meta::name(pc)));
+    }
+    spec.insert("priority".into(), json!(value));
+    spec.insert("preemptionPolicy".into(), json!(policy));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! What the API server creates for itself at start, as upstream's apiserver does: the system
-//! namespaces and the default RBAC policy (roles, aggregated roles, bindings).
+//! namespaces, the system PriorityClasses and the default RBAC policy (roles, aggregated roles,
+//! bindings).
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -15,23 +16,59 @@ pub async fn system_namespaces(storage: &Storage) -> Result<()> {
         .find("", "v1", "namespaces")
         .ok_or_else(|| anyhow::anyhow!("namespaces are not registered"))?;
     for name in SYSTEM_NAMESPACES {
-        if storage.get(rt, "", name).await.is_ok() {
-            continue;
-        }
-        let mut ns = json!({
+        let ns = json!({
             "apiVersion": "v1",
             "kind": "Namespace",
             "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
         });
-        meta::set_meta(&mut ns, "uid", json!(uuid::Uuid::new_v4().to_string()));
-        meta::set_meta(&mut ns, "creationTimestamp", json!(meta::now_timestamp()));
-        api::defaults::apply(rt, &mut ns);
-        api::strategy::prepare_for_create(rt, &mut ns);
-        match storage.create(rt, ns).await {
-            Ok(_) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(e) => anyhow::bail!("cannot create namespace {name}: {e}"),
-        }
+        create_missing(storage, rt, ns).await?;
+    }
+    Ok(())
+}
+
+/// Creates a cluster-scoped object unless one of its name exists, as a create request would.
+async fn create_missing(storage: &Storage, rt: &api::ResourceType, mut obj: Value) -> Result<()> {
+    let name = meta::name(&obj).to_string();
+    if storage.get(rt, "", &name).await.is_ok() {
+        return Ok(());
+    }
+    meta::set_meta(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));
+    meta::set_meta(&mut obj, "creationTimestamp", json!(meta::now_timestamp()));
+    api::defaults::apply(rt, &mut obj);
+    api::strategy::prepare_for_create(rt, &mut obj);
+    match storage.create(rt, obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => anyhow::bail!("cannot create {} {name}: {e}", rt.plural),
+    }
+}
+
+/// Creates upstream's two system PriorityClasses when missing: `system-node-critical`
+/// (2000001000) and `system-cluster-critical` (2000000000).
+pub async fn system_priority_classes(storage: &Storage) -> Result<()> {
+    let rt = registry()
+        .find("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(|| anyhow::anyhow!("priorityclasses are not registered"))?;
+    for (name, value, description) in [
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ] {
+        let pc = json!({
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+            "description": description,
+        });
+        create_missing(storage, rt, pc).await?;
     }
     Ok(())
 }
@@ -374,6 +411,8 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
                 ),
                 rule(&[""], &["pods/binding", "bindings"], &["create"]),
                 rule(&[""], &["pods/status"], &["patch", "update"]),
+                // preemption deletes the pods it evicts
+                rule(&[""], &["pods"], &["delete"]),
                 rule(
                     &["", "events.k8s.io"],
                     &["events"],

@@ -105,6 +105,7 @@ pub async fn start(config: Config) -> Result<Running> {
         rbac: Default::default(),
     };
     bootstrap::system_namespaces(&storage).await?;
+    bootstrap::system_priority_classes(&storage).await?;
     bootstrap::rbac(&storage).await?;
     serve::serve(config, storage).await
 }

@@ -392,3 +392,182 @@ fn drain_evicts_only_what_the_disruption_budget_allows() {
     c.ok(&["uncordon", common::NODE]);
     c.ok(&["rollout", "status", "deployment/guarded", "--timeout=90s"]);
 }
+
+#[test]
+fn priority_preempts_and_pod_affinity_keeps_pods_apart() {
+    let c = Cluster::start_node();
+    let node = c.ok(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    // Each pod asks for three quarters of the node's cpu, so two never fit together.
+    let cpu = c.ok(&[
+        "get",
+        "node",
+        &node,
+        "-o",
+        "jsonpath={.status.allocatable.cpu}",
+    ]);
+    let millis: i64 = cpu.trim().parse::<i64>().expect("whole cpus") * 750;
+    let pod = |name: &str, class: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  priorityClassName: {class}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sleep, '3600']\n    resources: {{requests: {{cpu: {millis}m}}}}\n"
+        )
+    };
+    c.ok(&["create", "priorityclass", "low", "--value=10"]);
+    c.ok(&["create", "priorityclass", "high", "--value=1000"]);
+    // a priority class the pod names must exist; the system classes always do
+    assert!(
+        c.fails(&[
+            "run",
+            "x",
+            "--image=busybox:1.36",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"nope"}}"#
+        ])
+        .contains("no PriorityClass with name nope was found")
+    );
+    c.ok(&[
+        "get",
+        "priorityclass",
+        "system-node-critical",
+        "system-cluster-critical",
+    ]);
+    c.apply(&pod("low", "low"));
+    c.ok(&["wait", "--for=condition=Ready", "pod/low", "--timeout=60s"]);
+    assert_eq!(c.jp("pod/low", "{.spec.priority}"), "10");
+    c.apply(&pod("high", "high"));
+    c.ok(&["wait", "--for=condition=Ready", "pod/high", "--timeout=90s"]);
+    assert!(
+        c.wait_for(30, || !c
+            .ok(&["get", "pods", "-o", "name"])
+            .contains("pod/low")),
+        "the low-priority pod was preempted"
+    );
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Preempted",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains(&format!("on node {node}")), "{events}");
+    // and a pod of lower priority waits rather than preempting it back
+    c.apply(&pod("later", "low"));
+    let waits = c.wait_for(20, || {
+        c.jp(
+            "pod/later",
+            "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ) == "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    });
+    assert!(waits, "{}", c.ok(&["describe", "pod", "later"]));
+    c.ok(&["delete", "pod", "high", "later", "--wait=false"]);
+
+    // Required anti-affinity on the hostname: one replica per node, the second waits.
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: apart}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: apart}}
+  template:
+    metadata: {labels: {app: apart}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: apart}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: main
+        image: busybox:1.36
+        command: [sleep, '3600']
+"#,
+    );
+    let one_waits = c.wait_for(60, || {
+        let msgs = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=apart",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}|{.status.conditions[?(@.type==\"PodScheduled\")].message}{\"\\n\"}{end}",
+        ]);
+        msgs.lines().filter(|l| l.starts_with(&format!("{node}|"))).count() == 1
+            && msgs.lines().any(|l| {
+                l.starts_with("|0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules.")
+            })
+    });
+    assert!(one_waits, "{}", c.ok(&["get", "pods", "-o", "wide"]));
+    // An extended resource no node has keeps a pod pending, said so.
+    c.ok(&[
+        "run",
+        "gpu",
+        "--image=busybox:1.36",
+        "--overrides",
+        r#"{"spec":{"containers":[{"name":"gpu","image":"busybox:1.36","resources":{"limits":{"nvidia.com/gpu":"1"}}}]}}"#,
+    ]);
+    assert!(c.wait_for(20, || {
+        c.jp(
+            "pod/gpu",
+            "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        )
+        .starts_with("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    }));
+}
+
+#[test]
+fn a_replication_controller_keeps_its_replicas() {
+    let c = Cluster::start_node();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox:1.36
+        command: [sleep, '3600']
+"#,
+    );
+    // the selector defaults to the template's labels
+    assert_eq!(c.jp("rc/legacy", "{.spec.selector.app}"), "legacy");
+    let ready = |n: &str| c.jp("rc/legacy", "{.status.readyReplicas}") == n;
+    assert!(
+        c.wait_for(60, || ready("2")),
+        "{}",
+        c.ok(&["describe", "rc", "legacy"])
+    );
+    let owner = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=legacy",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "ReplicationController");
+    c.ok(&["scale", "rc", "legacy", "--replicas=1"]);
+    assert!(c.wait_for(30, || {
+        c.ok(&["get", "pods", "-l", "app=legacy", "-o", "name"])
+            .lines()
+            .count()
+            == 1
+    }));
+    assert!(
+        c.ok(&["describe", "rc", "legacy"])
+            .contains("SuccessfulDelete")
+    );
+    c.ok(&["delete", "rc", "legacy", "--timeout=60s"]);
+    assert!(c.wait_for(30, || {
+        c.ok(&["get", "pods", "-l", "app=legacy", "-o", "name"])
+            .is_empty()
+    }));
+}

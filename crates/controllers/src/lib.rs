@@ -52,7 +52,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::runtime::controller::Action;
@@ -99,6 +99,8 @@ pub struct Informers {
     pub pods: Arc<Informer<Pod>>,
     /// Every ReplicaSet.
     pub replicasets: Arc<Informer<ReplicaSet>>,
+    /// Every ReplicationController.
+    pub replicationcontrollers: Arc<Informer<ReplicationController>>,
     /// Every Deployment.
     pub deployments: Arc<Informer<Deployment>>,
     /// Every Job.
@@ -122,6 +124,7 @@ impl Informers {
         Self {
             pods: Informer::start(Api::all(client.clone())),
             replicasets: Informer::start(Api::all(client.clone())),
+            replicationcontrollers: Informer::start(Api::all(client.clone())),
             deployments: Informer::start(Api::all(client.clone())),
             jobs: Informer::start(Api::all(client.clone())),
             cronjobs: Informer::start(Api::all(client.clone())),
@@ -136,6 +139,7 @@ impl Informers {
     async fn ready(&self) {
         self.pods.ready().await;
         self.replicasets.ready().await;
+        self.replicationcontrollers.ready().await;
         self.deployments.ready().await;
         self.jobs.ready().await;
         self.cronjobs.ready().await;
@@ -191,7 +195,8 @@ pub fn start(
         let workloads = async {
             ctx.informers.ready().await;
             tokio::select! {
-                _ = replicaset::run(ctx.clone()) => "replicaset",
+                _ = replicaset::run::<ReplicaSet>(ctx.clone()) => "replicaset",
+                _ = replicaset::run::<ReplicationController>(ctx.clone()) => "replicationcontroller",
                 _ = deployment::run(ctx.clone()) => "deployment",
                 _ = job::run(ctx.clone()) => "job",
                 _ = cronjob::run(ctx.clone()) => "cronjob",

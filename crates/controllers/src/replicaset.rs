@@ -3,6 +3,9 @@
 //! matching, creates missing pods from the template in slow-start batches (1, 2, 4, ... at most
 //! 500 per pass), deletes the least valuable pods first on scale down, and reports replicas,
 //! fullyLabeledReplicas, readyReplicas, availableReplicas and the ReplicaFailure condition.
+//!
+//! The same loop runs ReplicationControllers, seen as ReplicaSets (their equality selector as
+//! `matchLabels`), as upstream's replication manager does.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -21,14 +24,57 @@ use kube::runtime::reflector::ObjectRef;
 use crate::pods::{self, controller_of, controller_ref};
 use crate::{Context, Result, drive, retry};
 
-/// The name events are recorded under.
-const COMPONENT: &str = "replicaset-controller";
 /// The most pods created or deleted in one pass (upstream's burstReplicas).
 const BURST: usize = 500;
 
-/// Runs the ReplicaSet controller.
-pub async fn run(ctx: Arc<Context>) {
-    let sets = ctx.informers.replicasets.clone();
+/// What this controller runs for: a ReplicaSet, or a ReplicationController seen as one.
+pub trait Replicated:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The name events are recorded under.
+    const COMPONENT: &'static str;
+    /// The objects' shared informer.
+    fn informer(ctx: &Context) -> &Arc<crate::informer::Informer<Self>>;
+    /// The object with its spec and status in ReplicaSet form.
+    fn as_replica_set(&self) -> ReplicaSet;
+}
+
+impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn informer(ctx: &Context) -> &Arc<crate::informer::Informer<Self>> {
+        &ctx.informers.replicasets
+    }
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    fn informer(ctx: &Context) -> &Arc<crate::informer::Informer<Self>> {
+        &ctx.informers.replicationcontrollers
+    }
+    fn as_replica_set(&self) -> ReplicaSet {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        value["apiVersion"] = "apps/v1".into();
+        value["kind"] = "ReplicaSet".into();
+        if let Some(spec) = value.get_mut("spec") {
+            let labels = spec.get("selector").cloned().unwrap_or_default();
+            spec["selector"] = serde_json::json!({"matchLabels": labels});
+        }
+        serde_json::from_value(value).unwrap_or_default()
+    }
+}
+
+/// Runs the controller for ReplicaSets or ReplicationControllers.
+pub async fn run<K: Replicated>(ctx: Arc<Context>) {
+    let sets = K::informer(&ctx).clone();
     let all_pods = ctx.informers.pods.clone();
     let store = sets.store();
     let orphans = all_pods
@@ -43,7 +89,8 @@ pub async fn run(ctx: Arc<Context>) {
                 .into_iter()
                 .filter(|rs| rs.namespace() == ns)
                 .filter(|rs| {
-                    rs.spec
+                    rs.as_replica_set()
+                        .spec
                         .as_ref()
                         .and_then(|s| pods::selector(&s.selector))
                         .is_some_and(|sel| !sel.is_empty() && pods::selects(&sel, &pod.metadata))
@@ -52,12 +99,13 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect::<Vec<_>>()
         })
         .run(reconcile, retry, ctx);
-    drive("replicaset", stream).await;
+    drive(K::COMPONENT, stream).await;
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let rs = owner.as_replica_set();
     let ns = rs.namespace().unwrap_or_default();
-    let key = format!("ReplicaSet/{ns}/{}", rs.name_any());
+    let key = format!("{}/{ns}/{}", K::kind(&()), rs.name_any());
     let uid = rs.uid().unwrap_or_default();
     let Some(spec) = rs.spec.as_ref() else {
         return Ok(Action::await_change());
@@ -89,7 +137,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
             }
             Some(_) => {}
             None if matches && !deleting => {
-                pods::adopt(&api, pod.as_ref(), rs.as_ref()).await?;
+                pods::adopt(&api, pod.as_ref(), owner.as_ref()).await?;
                 owned.push(pod);
             }
             None => {}
@@ -114,12 +162,20 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
         let have = owned.len() + outstanding.creates.len();
         if have < want {
             let template = spec.template.clone().unwrap_or_default();
-            failure = create_pods(&ctx, &api, &rs, &key, &template, (want - have).min(BURST)).await;
+            failure = create_pods(
+                &ctx,
+                &api,
+                owner.as_ref(),
+                &key,
+                &template,
+                (want - have).min(BURST),
+            )
+            .await;
         } else if have > want {
             let mut victims: Vec<&Arc<Pod>> = owned.iter().collect();
             victims.sort_by(|a, b| pods::deletion_order(a, b));
             victims.truncate((have - want).min(BURST));
-            delete_pods(&ctx, &api, &rs, &key, &victims).await?;
+            delete_pods(&ctx, &api, owner.as_ref(), &key, &victims).await?;
             let gone: HashSet<_> = victims.iter().filter_map(|p| p.uid()).collect();
             owned.retain(|p| p.uid().is_none_or(|u| !gone.contains(&u)));
         }
@@ -128,7 +184,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let status = status(&rs, &owned, failure, Timestamp::now());
     if !same_status(rs.status.as_ref(), &status) {
-        let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let sets: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         crate::write_status(&sets, &rs.name_any(), &status, &["conditions"]).await?;
     }
     if min_ready > 0 && status.ready_replicas != status.available_replicas {
@@ -162,10 +218,10 @@ where
 
 /// Creates `count` pods in slow-start batches, stopping at the first batch with a failure;
 /// returns the failure's message.
-async fn create_pods(
+async fn create_pods<K: Replicated>(
     ctx: &Context,
     api: &Api<Pod>,
-    rs: &ReplicaSet,
+    rs: &K,
     key: &str,
     template: &PodTemplateSpec,
     count: usize,
@@ -184,7 +240,7 @@ async fn create_pods(
                     let name = created.name_any();
                     ctx.expectations.created(key, &name);
                     ctx.events.normal(
-                        COMPONENT,
+                        K::COMPONENT,
                         rs,
                         "SuccessfulCreate",
                         format!("Created pod: {name}"),
@@ -199,7 +255,7 @@ async fn create_pods(
                     if !matches!(&e, kube::Error::Api(s) if s.code == 403 && message.contains("terminat"))
                     {
                         ctx.events.warning(
-                            COMPONENT,
+                            K::COMPONENT,
                             rs,
                             "FailedCreate",
                             format!("Error creating: {message}"),
@@ -218,10 +274,10 @@ async fn create_pods(
     None
 }
 
-async fn delete_pods(
+async fn delete_pods<K: Replicated>(
     ctx: &Context,
     api: &Api<Pod>,
-    rs: &ReplicaSet,
+    rs: &K,
     key: &str,
     victims: &[&Arc<Pod>],
 ) -> Result<()> {
@@ -236,7 +292,7 @@ async fn delete_pods(
             ctx.expectations
                 .deleted(key, &pod.uid().unwrap_or_default());
             ctx.events.normal(
-                COMPONENT,
+                K::COMPONENT,
                 rs,
                 "SuccessfulDelete",
                 format!("Deleted pod: {}", pod.name_any()),
@@ -315,4 +371,32 @@ fn same_status(current: Option<&ReplicaSetStatus>, new: &ReplicaSetStatus) -> bo
         && n(c.available_replicas) == n(new.available_replicas)
         && c.observed_generation == new.observed_generation
         && c.conditions.clone().unwrap_or_default() == new.conditions.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replication_controller_reads_as_a_replica_set() {
+        let rc: ReplicationController = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "legacy", "namespace": "default"},
+            "spec": {"replicas": 2, "selector": {"app": "legacy"},
+                     "template": {"metadata": {"labels": {"app": "legacy"}},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        }))
+        .expect("rc");
+        let rs = rc.as_replica_set();
+        let spec = rs.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(2));
+        let sel = pods::selector(&spec.selector).expect("selector");
+        assert!(pods::selects(
+            &sel,
+            spec.template
+                .expect("template")
+                .metadata
+                .as_ref()
+                .expect("meta")
+        ));
+    }
 }

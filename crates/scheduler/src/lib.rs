@@ -1,11 +1,13 @@
 //! The scheduler (`default-scheduler`): it watches nodes and pods through the API, and puts
 //! each pod that has no node (and names this scheduler) on the node that fits it best, by the
 //! filter and score [`plugins`], with the pod's `binding` subresource, recording a `Scheduled`
-//! event. A pod that fits nowhere gets the PodScheduled=False condition (reason Unschedulable)
+//! event. A pod that fits nowhere may make room by evicting pods of lower priority
+//! ([`preemption`]); otherwise it gets the PodScheduled=False condition (reason Unschedulable)
 //! and a FailedScheduling event with upstream's message, and is tried again when the cluster
 //! changes.
 
 pub mod plugins;
+pub mod preemption;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Event, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Event, EventSource, Namespace, Node, ObjectReference, Pod,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -45,17 +49,11 @@ fn pending(p: &Pod) -> bool {
         && !terminal
 }
 
-fn terminal(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
-}
-
 /// Runs the scheduler until its watches end.
 pub async fn run(client: kube::Client) -> anyhow::Result<()> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let changed = Arc::new(Notify::new());
     let node_stream = {
         let changed = changed.clone();
@@ -79,16 +77,26 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
                 futures::future::ready(())
             })
     };
+    // Namespaces only matter to the namespace selectors of pod affinity terms.
+    let namespace_stream = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(namespace_writer)
+    .for_each(|_| futures::future::ready(()));
     let scheduler = Scheduler {
         client,
         nodes,
         pods,
+        namespaces,
         reported: HashMap::new(),
         next_start: 0,
     };
     tokio::select! {
         _ = node_stream => anyhow::bail!("the node watch ended"),
         _ = pod_stream => anyhow::bail!("the pod watch ended"),
+        _ = namespace_stream => anyhow::bail!("the namespace watch ended"),
         r = scheduler.run(changed) => r,
     }
 }
@@ -97,6 +105,7 @@ struct Scheduler {
     client: kube::Client,
     nodes: Store<Node>,
     pods: Store<Pod>,
+    namespaces: Store<Namespace>,
     /// The last unschedulable message reported per pod uid.
     reported: HashMap<String, String>,
     /// Where the next pod's search over the nodes starts.
@@ -110,6 +119,7 @@ impl Scheduler {
     async fn run(mut self, changed: Arc<Notify>) -> anyhow::Result<()> {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
         loop {
             self.pass().await;
             // Unschedulable pods are retried when something changes, and at least every 5 s.
@@ -118,71 +128,47 @@ impl Scheduler {
     }
 
     /// Schedules every pending pod once, highest priority and oldest first: placements are
-    /// decided one after the other against what each node carries (counting the pods placed
+    /// decided one after the other against a snapshot of the nodes (counting the pods placed
     /// before), and the bindings are then written concurrently, as upstream's binding cycle.
     async fn pass(&mut self) {
         let nodes = self.nodes.state();
         let pods: Vec<Arc<Pod>> = self.pods.state();
-        let mut infos: HashMap<String, plugins::NodeInfo> = HashMap::new();
-        for p in &pods {
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-                && !n.is_empty()
-                && !terminal(p)
-            {
-                infos.entry(n.to_string()).or_default().add(p);
-            }
-        }
-        for node in &nodes {
-            let name = node.metadata.name.clone().unwrap_or_default();
-            infos.entry(name).or_default().allocatable = Some(plugins::allocatable(node));
-        }
+        let namespace_labels = self
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut snap = plugins::Snapshot::new(&nodes, &pods, namespace_labels);
         let mut queue: Vec<&Arc<Pod>> = pods.iter().filter(|p| pending(p)).collect();
         queue.sort_by_key(|p| {
             (
-                std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+                std::cmp::Reverse(plugins::priority(p)),
                 p.metadata.creation_timestamp.clone().map(|t| t.0),
             )
         });
-        let empty = plugins::NodeInfo::default();
         let wanted = feasible_nodes_to_find(nodes.len());
         let mut binds = Vec::new();
         for pod in queue {
-            let want = plugins::pod_requests(pod);
-            let mut reasons = Vec::new();
-            let mut best: Option<(i64, usize)> = None;
-            let mut feasible = 0;
-            // Upstream's percentageOfNodesToScore: stop after enough feasible nodes, starting
-            // where the last pod stopped so that all nodes get their turn.
-            for k in 0..nodes.len() {
-                let i = (self.next_start + k) % nodes.len();
-                let node = &nodes[i];
-                let name = node.metadata.name.as_deref().unwrap_or("");
-                let info = infos.get(name).unwrap_or(&empty);
-                match plugins::filter_with(pod, &want, node, info) {
-                    Ok(()) => {
-                        let s = plugins::score_with(&want, node, info);
-                        if best.is_none_or(|(b, _)| s > b) {
-                            best = Some((s, i));
-                        }
-                        feasible += 1;
-                        if feasible >= wanted {
-                            self.next_start = (i + 1) % nodes.len();
-                            break;
-                        }
-                    }
-                    Err(r) => reasons.push(r),
-                }
-            }
-            match best {
-                Some((_, i)) => {
-                    let node_name = nodes[i].metadata.name.clone().unwrap_or_default();
-                    infos.entry(node_name.clone()).or_default().add(pod);
+            match self.place(pod, &snap, wanted) {
+                Placement::Node(i) => {
+                    let node_name = snap.nodes[i].name().to_string();
+                    snap.assume((*pod).clone(), i);
                     binds.push(bind(self.client.clone(), (*pod).clone(), node_name));
                 }
-                None => {
-                    let msg = plugins::unschedulable_message(nodes.len(), &reasons);
-                    self.unschedulable(pod, &msg).await;
+                Placement::Nominated(msg, nomination) => {
+                    let node = snap.nodes[nomination.node].name().to_string();
+                    self.unschedulable(pod, &msg, Some(&node)).await;
+                    for victim in &nomination.victims {
+                        evict(&self.client, victim, pod, &node).await;
+                    }
                 }
+                Placement::Nowhere(msg) => self.unschedulable(pod, &msg, None).await,
             }
         }
         futures::stream::iter(binds)
@@ -199,22 +185,77 @@ impl Scheduler {
         self.reported.retain(|uid, _| live.contains(uid));
     }
 
-    async fn unschedulable(&mut self, pod: &Pod, msg: &str) {
+    /// Finds the pod's node: its nominated node if it fits there, or else the best scoring of
+    /// enough feasible nodes (upstream's percentageOfNodesToScore, starting where the last pod
+    /// stopped so that all nodes get their turn); failing that, room made by preemption.
+    fn place(&mut self, pod: &Pod, snap: &plugins::Snapshot, wanted: usize) -> Placement {
+        let candidate = plugins::Candidate::new(pod, snap);
+        let nominated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .and_then(|n| snap.index_of(n));
+        if let Some(i) = nominated
+            && candidate.filter(snap, i).is_ok()
+        {
+            return Placement::Node(i);
+        }
+        let n = snap.nodes.len();
+        let mut feasible = Vec::new();
+        let mut failures = Vec::new();
+        for k in 0..n {
+            let i = (self.next_start + k) % n;
+            match candidate.filter(snap, i) {
+                Ok(()) => {
+                    feasible.push(i);
+                    if feasible.len() >= wanted {
+                        self.next_start = (i + 1) % n;
+                        break;
+                    }
+                }
+                Err(f) => failures.push((i, f)),
+            }
+        }
+        if !feasible.is_empty() {
+            let scores = candidate.scores(snap, &feasible);
+            let mut best = 0;
+            for (k, s) in scores.iter().enumerate() {
+                if *s > scores[best] {
+                    best = k;
+                }
+            }
+            return Placement::Node(feasible[best]);
+        }
+        let reasons: Vec<plugins::Failure> = failures.iter().map(|(_, f)| f.clone()).collect();
+        match preemption::preempt(&candidate, snap, &failures) {
+            Ok(nomination) => Placement::Nominated(
+                plugins::unschedulable_message(n, &reasons, None),
+                nomination,
+            ),
+            Err(why) => Placement::Nowhere(plugins::unschedulable_message(n, &reasons, Some(&why))),
+        }
+    }
+
+    async fn unschedulable(&mut self, pod: &Pod, msg: &str, nominated: Option<&str>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if self.reported.get(&uid).map(String::as_str) == Some(msg) {
+        let key = format!("{msg}{}", nominated.unwrap_or(""));
+        if self.reported.get(&uid) == Some(&key) {
             return;
         }
-        self.reported.insert(uid, msg.to_string());
+        self.reported.insert(uid, key);
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let patch = serde_json::json!({"status": {"conditions": [{
+        let mut patch = serde_json::json!({"status": {"conditions": [{
             "type": "PodScheduled",
             "status": "False",
             "reason": "Unschedulable",
             "message": msg,
             "lastTransitionTime": now(),
         }]}});
+        if let Some(node) = nominated {
+            patch["status"]["nominatedNodeName"] = node.into();
+        }
         // A strategic merge patch keeps the other conditions (merge key: type).
         if let Err(e) = api
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
@@ -223,6 +264,45 @@ impl Scheduler {
             tracing::debug!(error = %e, "reporting an unschedulable pod failed");
         }
         record(self.client.clone(), pod, "Warning", "FailedScheduling", msg).await;
+    }
+}
+
+/// Where a pod goes.
+enum Placement {
+    /// To this node.
+    Node(usize),
+    /// Nowhere yet: once these pods are gone, to the nominated node.
+    Nominated(String, preemption::Nomination),
+    /// Nowhere, and why.
+    Nowhere(String),
+}
+
+/// Evicts a pod for a more important one, as upstream: the DisruptionTarget condition says
+/// why, an event names the preemptor, and the pod is deleted with its grace period.
+async fn evict(client: &kube::Client, victim: &Pod, preemptor: &Pod, node: &str) {
+    let ns = victim.metadata.namespace.clone().unwrap_or_default();
+    let name = victim.metadata.name.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "PreemptionByScheduler",
+        "message": format!("{NAME}: preempting to accommodate a higher priority pod"),
+        "lastTransitionTime": now(),
+    }]}});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, "marking a preempted pod failed");
+    }
+    let message = format!(
+        "Preempted by pod {} on node {node}",
+        preemptor.metadata.uid.as_deref().unwrap_or("")
+    );
+    record(client.clone(), victim, "Normal", "Preempted", &message).await;
+    if let Err(e) = api.delete(&name, &Default::default()).await {
+        tracing::debug!(error = %e, "deleting a preempted pod failed");
     }
 }
 
