@@ -5,7 +5,7 @@
 //! replaced. RollingUpdate replaces pods of older revisions within maxUnavailable; OnDelete
 //! waits for the user to delete them. The template history is kept as ControllerRevisions.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 
-use crate::pods::{self, controller_of};
+use crate::pods;
 use crate::revisions::{self, HASH_LABEL};
 use crate::{Context, Result, drive, retry};
 
@@ -182,17 +182,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     let spec = ds.spec.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let mut names = HashSet::new();
+    let informer = &ctx.informers.pods;
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
     let mut in_use = Vec::new();
-    for pod in ctx.informers.pods.objects() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        names.insert(pod.name_any());
-        if controller_of(&pod.metadata).is_none_or(|r| r.uid != uid)
-            || pod.metadata.deletion_timestamp.is_some()
-        {
+    for pod in informer.indexed(&pods::controlled_by(&uid)) {
+        if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
         in_use.extend(hash_of(&pod).map(String::from));
@@ -204,7 +198,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     let current = revisions::sync(&ctx, ds.as_ref(), &spec.template, &in_use, limit).await?;
     let outstanding = ctx.expectations.outstanding(
         &key,
-        |n| names.contains(n),
+        |n| informer.get(Some(&ns), n).is_some(),
         |u| {
             by_node
                 .values()

@@ -2,10 +2,12 @@
 //! that kind, as client-go's shared informer factory does. Each change (an object added,
 //! modified or deleted, or the whole cache after a relist) is broadcast to the subscribers,
 //! which turn it into reconcile requests; a subscriber that falls behind is handed the whole
-//! cache again instead of the changes it missed.
+//! cache again instead of the changes it missed. An informer may keep an index (as client-go's
+//! indexers), so that a controller finds, say, its own pods without reading every pod.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
@@ -22,6 +24,55 @@ const BACKLOG: usize = 16 * 1024;
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     changes: broadcast::Sender<Arc<K>>,
+    index: Option<Index<K>>,
+}
+
+/// The index keys of an object.
+pub type IndexKeys<K> = fn(&K) -> Vec<String>;
+
+/// Objects by index key, kept up to date with the cache.
+struct Index<K: Resource<DynamicType = ()> + 'static> {
+    keys_of: IndexKeys<K>,
+    entries: RwLock<Entries<K>>,
+}
+
+struct Entries<K: Resource<DynamicType = ()> + 'static> {
+    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    keys: HashMap<ObjectRef<K>, Vec<String>>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
+    /// Files `obj` under its keys, or takes it out of the index when it is gone.
+    fn update(&self, obj: &K, present: bool) {
+        let r = ObjectRef::from_obj(obj);
+        let mut e = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        for key in e.keys.remove(&r).unwrap_or_default() {
+            if let Some(refs) = e.by_key.get_mut(&key) {
+                refs.remove(&r);
+                if refs.is_empty() {
+                    e.by_key.remove(&key);
+                }
+            }
+        }
+        if present {
+            let keys = (self.keys_of)(obj);
+            for key in &keys {
+                e.by_key.entry(key.clone()).or_default().insert(r.clone());
+            }
+            e.keys.insert(r, keys);
+        }
+    }
+
+    fn rebuild(&self, objects: &[Arc<K>]) {
+        {
+            let mut e = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            e.by_key.clear();
+            e.keys.clear();
+        }
+        for obj in objects {
+            self.update(obj, true);
+        }
+    }
 }
 
 impl<K> Informer<K>
@@ -30,9 +81,25 @@ where
 {
     /// Starts watching every object of the kind the API serves; runs until the runtime stops.
     pub fn start(api: Api<K>) -> Arc<Self> {
+        Self::start_indexed(api, None)
+    }
+
+    /// [`Informer::start`], also keeping objects indexed by the keys `keys_of` gives them.
+    pub fn start_indexed(api: Api<K>, keys_of: Option<IndexKeys<K>>) -> Arc<Self> {
         let (store, writer) = reflector::store();
         let (changes, _) = broadcast::channel(BACKLOG);
-        let informer = Arc::new(Self { store, changes });
+        let index = keys_of.map(|keys_of| Index {
+            keys_of,
+            entries: RwLock::new(Entries {
+                by_key: HashMap::new(),
+                keys: HashMap::new(),
+            }),
+        });
+        let informer = Arc::new(Self {
+            store,
+            changes,
+            index,
+        });
         let feed = informer.clone();
         tokio::spawn(async move {
             watcher(api, watcher::Config::default())
@@ -41,14 +108,25 @@ where
                 .for_each(|event| {
                     match event {
                         Ok(watcher::Event::Apply(obj)) => {
+                            if let Some(index) = &feed.index {
+                                index.update(&obj, true);
+                            }
                             if let Some(cached) = feed.store.get(&ObjectRef::from_obj(&obj)) {
                                 let _ = feed.changes.send(cached);
                             }
                         }
                         Ok(watcher::Event::Delete(obj)) => {
+                            if let Some(index) = &feed.index {
+                                index.update(&obj, false);
+                            }
                             let _ = feed.changes.send(Arc::new(obj));
                         }
-                        Ok(watcher::Event::InitDone) => feed.resync(),
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(index) = &feed.index {
+                                index.rebuild(&feed.store.state());
+                            }
+                            feed.resync()
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "watch failed; retrying"),
                     }
@@ -72,6 +150,30 @@ where
     /// Every object in the cache.
     pub fn objects(&self) -> Vec<Arc<K>> {
         self.store.state()
+    }
+
+    /// The cached objects filed under an index key (none without an index).
+    pub fn indexed(&self, key: &str) -> Vec<Arc<K>> {
+        let Some(index) = &self.index else {
+            return Vec::new();
+        };
+        let refs: Vec<ObjectRef<K>> = {
+            let e = index.entries.read().unwrap_or_else(|p| p.into_inner());
+            e.by_key
+                .get(key)
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        refs.iter().filter_map(|r| self.store.get(r)).collect()
+    }
+
+    /// The cached object of a name, in a namespace (`None` for cluster-scoped kinds).
+    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        let mut r = ObjectRef::new(name);
+        if let Some(ns) = namespace {
+            r = r.within(ns);
+        }
+        self.store.get(&r)
     }
 
     fn resync(&self) {

@@ -10,7 +10,7 @@
 //! Succeeded and failed counts are those of the Job's pods, never lower than the last status
 //! (a finished pod deleted meanwhile is not forgotten; upstream tracks them with a finalizer).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 
-use crate::pods::{self, controller_of};
+use crate::pods;
 use crate::{Context, Result, drive, retry};
 
 const COMPONENT: &str = "job-controller";
@@ -176,20 +176,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
 
     let key = format!("Job/{ns}/{}", job.name_any());
     let uid = job.uid().unwrap_or_default();
-    let mut names = HashSet::new();
-    let mut owned: Vec<Arc<Pod>> = Vec::new();
-    for pod in ctx.informers.pods.objects() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        names.insert(pod.name_any());
-        if controller_of(&pod.metadata).is_some_and(|r| r.uid == uid) {
-            owned.push(pod);
-        }
-    }
+    let informer = &ctx.informers.pods;
+    let owned: Vec<Arc<Pod>> = informer.indexed(&pods::controlled_by(&uid));
     let outstanding = ctx.expectations.outstanding(
         &key,
-        |n| names.contains(n),
+        |n| informer.get(Some(&ns), n).is_some(),
         |u| {
             owned
                 .iter()

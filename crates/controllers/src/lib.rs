@@ -122,7 +122,7 @@ pub struct Informers {
 impl Informers {
     fn start(client: &kube::Client) -> Self {
         Self {
-            pods: Informer::start(Api::all(client.clone())),
+            pods: Informer::start_indexed(Api::all(client.clone()), Some(pods::index_keys)),
             replicasets: Informer::start(Api::all(client.clone())),
             replicationcontrollers: Informer::start(Api::all(client.clone())),
             deployments: Informer::start(Api::all(client.clone())),

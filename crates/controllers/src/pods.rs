@@ -78,6 +78,24 @@ pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReferenc
     }
 }
 
+/// The index key of the pods a controller (by uid) controls.
+pub fn controlled_by(uid: &str) -> String {
+    format!("controller/{uid}")
+}
+
+/// The index key of the pods of a namespace that no controller controls.
+pub fn orphans_in(namespace: &str) -> String {
+    format!("orphans/{namespace}")
+}
+
+/// How the pod informer files pods: by controller, or as orphans of their namespace.
+pub fn index_keys(pod: &Pod) -> Vec<String> {
+    vec![match controller_of(&pod.metadata) {
+        Some(r) => controlled_by(&r.uid),
+        None => orphans_in(pod.metadata.namespace.as_deref().unwrap_or("")),
+    }]
+}
+
 /// A `metav1.LabelSelector` as a matcher; an absent or invalid selector matches nothing.
 pub fn selector(sel: &LabelSelector) -> Option<api::selector::LabelSelector> {
     let json = serde_json::to_value(sel).ok()?;

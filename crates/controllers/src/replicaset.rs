@@ -114,13 +114,11 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Ac
     let selector = pods::selector(&spec.selector).filter(|s| !s.is_empty());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let mut names = HashSet::new();
     let mut owned = Vec::new();
-    for pod in ctx.informers.pods.objects() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        names.insert(pod.name_any());
+    let informer = &ctx.informers.pods;
+    let mut candidates = informer.indexed(&pods::controlled_by(&uid));
+    candidates.extend(informer.indexed(&pods::orphans_in(&ns)));
+    for pod in candidates {
         if !pods::is_active(&pod) {
             continue;
         }
@@ -146,7 +144,7 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Ac
 
     let outstanding = ctx.expectations.outstanding(
         &key,
-        |name| names.contains(name),
+        |name| informer.get(Some(&ns), name).is_some(),
         |pod_uid| owned.iter().any(|p| p.uid().as_deref() == Some(pod_uid)),
     );
     owned.retain(|p| {

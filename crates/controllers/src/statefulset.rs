@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 
-use crate::pods::{self, controller_of};
+use crate::pods;
 use crate::revisions::{self, HASH_LABEL};
 use crate::{Context, Result, drive, retry};
 
@@ -86,12 +86,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
 
     let mut by_ordinal: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
     let mut in_use = Vec::new();
-    for pod in ctx.informers.pods.objects() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str())
-            || controller_of(&pod.metadata).is_none_or(|r| r.uid != uid)
-        {
-            continue;
-        }
+    for pod in ctx.informers.pods.indexed(&pods::controlled_by(&uid)) {
         in_use.extend(hash_of(&pod).map(String::from));
         if let Some(ord) = ordinal(&name, &pod.name_any()) {
             by_ordinal.insert(ord, pod);
