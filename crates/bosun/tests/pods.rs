@@ -955,3 +955,161 @@ spec:
     );
     assert!(c.ok(&["logs", "talker"]).contains("err-two"));
 }
+
+#[test]
+fn probes_gate_readiness_and_restart_unhealthy_containers() {
+    let c = Cluster::start_node();
+    let status = |pod: &str, path: &str| c.jp(&format!("pod/{pod}"), path);
+    let ready =
+        |pod: &str| status(pod, "{.status.conditions[?(@.type==\"Ready\")].status}") == "True";
+    let running = |pod: &str| {
+        !status(
+            pod,
+            "{.status.containerStatuses[0].state.running.startedAt}",
+        )
+        .is_empty()
+    };
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ready}
+spec:
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: ["httpd", "-f", "-p", "8080", "-h", "/var/www"]
+    readinessProbe:
+      exec: {command: ["cat", "/tmp/ready"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: ["httpd", "-f", "-p", "8080", "-h", "/var/www"]
+    ports: [{name: http, containerPort: 8080}]
+    livenessProbe:
+      httpGet: {path: /index.html, port: http, httpHeaders: [{name: X-Custom-Header, value: Awesome}]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slowstart}
+spec:
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    startupProbe:
+      exec: {command: ["cat", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 3
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+    );
+    // Readiness: running but not ready until the probe passes, and never restarted by it.
+    assert!(c.wait_for(60, || running("ready")), "ready never ran");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!ready("ready"), "Ready before its readiness probe passed");
+    let line = c.ok(&["get", "pod", "ready", "--no-headers"]);
+    assert!(line.split_whitespace().nth(1) == Some("0/1"), "{line}");
+    c.ok(&["exec", "ready", "--", "touch", "/tmp/ready"]);
+    assert!(
+        c.wait_for(20, || ready("ready")),
+        "not Ready after the probe passed"
+    );
+    c.ok(&["exec", "ready", "--", "rm", "/tmp/ready"]);
+    assert!(
+        c.wait_for(20, || !ready("ready")),
+        "still Ready after the probe failed"
+    );
+    assert_eq!(
+        status("ready", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    let unready = status(
+        "ready",
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    );
+    assert_eq!(unready, "containers with unready status: [web]");
+
+    // Liveness: a failing httpGet (named port, custom header) restarts the container.
+    c.ok(&["wait", "--for=condition=Ready", "pod/live", "--timeout=60s"]);
+    assert!(
+        c.ok(&["describe", "pod", "live"])
+            .contains("http-get http://:http/index.html")
+    );
+    c.ok(&["exec", "live", "--", "rm", "/var/www/index.html"]);
+    let restarted = c.wait_for(60, || {
+        status("live", "{.status.containerStatuses[0].restartCount}")
+            .parse::<i32>()
+            .is_ok_and(|n| n >= 1)
+    });
+    assert!(restarted, "{}", c.ok(&["describe", "pod", "live"]));
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=live",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("Unhealthy: Liveness probe failed: HTTP probe failed with statuscode: 404"),
+        "{events}"
+    );
+    assert!(
+        events.contains("Killing: Container web failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    c.ok(&["wait", "--for=condition=Ready", "pod/live", "--timeout=60s"]);
+
+    // tcpSocket readiness waits for initialDelaySeconds.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: tcp}
+spec:
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: ["httpd", "-f", "-p", "8080", "-h", "/var/www"]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      initialDelaySeconds: 6
+      periodSeconds: 1
+"#,
+    );
+    assert!(c.wait_for(60, || running("tcp")), "tcp never ran");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!ready("tcp"), "Ready before initialDelaySeconds");
+    assert!(c.wait_for(30, || ready("tcp")), "tcp never Ready");
+
+    // A failing startup probe restarts the container, and liveness waits for it.
+    let restarted = c.wait_for(60, || {
+        status("slowstart", "{.status.containerStatuses[0].restartCount}")
+            .parse::<i32>()
+            .is_ok_and(|n| n >= 1)
+    });
+    assert!(restarted, "{}", c.ok(&["describe", "pod", "slowstart"]));
+    assert_eq!(
+        status("slowstart", "{.status.containerStatuses[0].started}"),
+        "false"
+    );
+    let events = c.ok(&["describe", "pod", "slowstart"]);
+    assert!(
+        events.contains("failed startup probe, will be restarted"),
+        "{events}"
+    );
+    assert!(!events.contains("Liveness probe failed"), "{events}");
+}

@@ -21,6 +21,7 @@ pub mod images;
 pub mod logs;
 pub mod pods;
 pub mod portforward;
+pub mod probes;
 pub mod process;
 pub mod registration;
 pub mod server;

@@ -62,8 +62,10 @@ pub struct ContainerView {
     pub now: Now,
     /// How the previous attempt ended.
     pub last: Option<Terminated>,
-    /// Whether it is ready (running and, once probes exist, passing its readiness probe).
+    /// Whether it is ready (running, started, and passing its readiness probe if any).
     pub ready: bool,
+    /// Whether it has started (running, and passed its startup probe if any).
+    pub started: bool,
 }
 
 /// A Kubernetes `Time` of a chrono time.
@@ -108,7 +110,6 @@ fn container_status(v: &ContainerView) -> ContainerStatus {
             ..Default::default()
         },
     };
-    let running = matches!(v.now, Now::Running(_));
     ContainerStatus {
         name: v.name.clone(),
         image: v.image.clone(),
@@ -116,7 +117,7 @@ fn container_status(v: &ContainerView) -> ContainerStatus {
         container_id: v.container_id.clone(),
         restart_count: v.restart_count,
         ready: v.ready,
-        started: Some(running),
+        started: Some(v.started),
         state: Some(state),
         last_state: Some(ContainerState {
             terminated: v.last.as_ref().map(terminated),
@@ -339,6 +340,7 @@ mod tests {
             container_id: None,
             restart_count: 0,
             ready: matches!(now, Now::Running(_)),
+            started: matches!(now, Now::Running(_)),
             now,
             last,
         }

@@ -74,6 +74,10 @@ pub struct Worker {
     pod_ip: Option<String>,
     /// The pod's volumes, once set up.
     volumes: Option<crate::volumes::Volumes>,
+    /// The probes of its running containers.
+    probes: crate::probes::Probes,
+    /// Containers being killed for a failed probe.
+    killing: HashSet<String>,
 }
 
 fn is_id(s: &str) -> bool {
@@ -185,6 +189,8 @@ pub async fn run(
         start_time: Utc::now(),
         pod_ip: None,
         volumes: None,
+        probes: crate::probes::Probes::default(),
+        killing: HashSet::new(),
     };
     loop {
         let pod = pods.borrow_and_update().clone();
@@ -355,6 +361,7 @@ impl Worker {
                         Some(_) => {}
                     }
                 }
+                self.probe(pod, &spec.containers, &observed);
             }
         }
         let observed = self.observe().await;
@@ -365,6 +372,53 @@ impl Worker {
         } else {
             Duration::from_millis(500)
         })
+    }
+
+    /// Keeps the probes of the running containers going, and kills a container whose liveness
+    /// or startup probe failed (it is then restarted as the restart policy says).
+    fn probe(&mut self, pod: &Pod, containers: &[ContainerSpec], observed: &[Container]) {
+        let ip = self.pod_ip.clone().unwrap_or_default();
+        let mut running = HashSet::new();
+        for c in containers {
+            let (cur, _) = Self::latest(observed, ContainerKind::Regular, &c.name);
+            let Some(k) = cur.filter(|k| matches!(k.state, State::Running(_))) else {
+                continue;
+            };
+            running.insert(k.id.clone());
+            self.probes.ensure(&self.agent, pod, c, &k.id, &ip);
+            let Some(failed) = self.probes.failed(c, &k.id) else {
+                continue;
+            };
+            if !self.killing.insert(k.id.clone()) {
+                continue;
+            }
+            let which = match failed {
+                crate::probes::Kind::Startup => "startup",
+                _ => "liveness",
+            };
+            self.agent.events.record(
+                pod,
+                Some(&c.name),
+                Kind::Normal,
+                "Killing",
+                &format!(
+                    "Container {} failed {which} probe, will be restarted",
+                    c.name
+                ),
+            );
+            let probe = match failed {
+                crate::probes::Kind::Startup => c.startup_probe.as_ref(),
+                _ => c.liveness_probe.as_ref(),
+            };
+            let grace = probe
+                .and_then(|p| p.termination_grace_period_seconds)
+                .unwrap_or_else(|| grace_of(pod));
+            let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+            let (agent, id) = (self.agent.clone(), k.id.clone());
+            tokio::task::spawn_blocking(move || agent.runtime.stop(&id, grace));
+        }
+        self.probes.retain(&running);
+        self.killing.retain(|id| running.contains(id));
     }
 
     /// Restarts an attempt that ended, unless it is backing off; returns whether it restarted.
@@ -816,6 +870,7 @@ impl Worker {
             },
             last: prev_term.clone(),
             ready: false,
+            started: false,
         };
         let waiting = self.waiting.get(&(kind, c.name.clone()));
         match cur {
@@ -831,7 +886,8 @@ impl Worker {
                 State::Created => {}
                 State::Running(s) => {
                     view.now = Now::Running(parse_time(&s.started_at));
-                    view.ready = kind == ContainerKind::Regular;
+                    view.ready = kind == ContainerKind::Regular && self.probes.ready(c, &k.id);
+                    view.started = self.probes.started(c, &k.id);
                 }
                 State::Exited(s, e) => {
                     let term = terminated(k, s.as_ref(), e);

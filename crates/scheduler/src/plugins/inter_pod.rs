@@ -152,11 +152,14 @@ impl Terms {
                     .as_ref()
             })),
         };
-        let empty = terms.required_affinity.is_empty()
-            && terms.required_anti.is_empty()
-            && terms.preferred_affinity.is_empty()
-            && terms.preferred_anti.is_empty();
-        (!empty).then_some(terms)
+        (!terms.is_empty()).then_some(terms)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.required_affinity.is_empty()
+            && self.required_anti.is_empty()
+            && self.preferred_affinity.is_empty()
+            && self.preferred_anti.is_empty()
     }
 }
 
@@ -187,11 +190,7 @@ impl State {
         };
         let ns_labels = &snap.namespace_labels;
         let t = &s.terms;
-        let own = !t.required_affinity.is_empty()
-            || !t.required_anti.is_empty()
-            || !t.preferred_affinity.is_empty()
-            || !t.preferred_anti.is_empty();
-        if own {
+        if !t.is_empty() {
             for info in &snap.nodes {
                 let labels = info.labels();
                 for other in &info.pods {

@@ -158,6 +158,8 @@ pub struct Snapshot {
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// The bound pods that have pod affinity terms of their own, and their node.
     with_affinity: Vec<(inter_pod::Terms, usize)>,
+    /// The nodes carrying each label key.
+    labelled: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
@@ -172,12 +174,12 @@ impl Snapshot {
             namespace_labels,
             ..Default::default()
         };
-        snap.index = snap
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name().to_string(), i))
-            .collect();
+        for (i, n) in snap.nodes.iter().enumerate() {
+            snap.index.insert(n.name().to_string(), i);
+            for key in n.labels().keys() {
+                snap.labelled.entry(key.clone()).or_default().push(i);
+            }
+        }
         for p in pods {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             if matches!(phase, Some("Succeeded" | "Failed")) {
@@ -201,6 +203,11 @@ impl Snapshot {
             self.with_affinity.push((terms, node));
         }
         self.nodes[node].add(pod);
+    }
+
+    /// The nodes that carry a label key (in any value).
+    pub fn labelled(&self, key: &str) -> &[usize] {
+        self.labelled.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The index of a node by name.

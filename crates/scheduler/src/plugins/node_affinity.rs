@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PreferredSchedulingTerm, Taint,
+    Toleration,
 };
 
 /// Whether a toleration tolerates a taint (upstream's `ToleratesTaint`).
@@ -122,19 +123,24 @@ pub fn node_affinity_matches(pod: &Pod, node: &Node) -> bool {
     })
 }
 
-/// NodeAffinity's score before normalising: the summed weights of the pod's preferred node
-/// affinity terms that the node matches.
-pub fn preferred_score(pod: &Pod, node: &Node) -> i64 {
+/// The pod's preferred node affinity terms.
+fn preferences(pod: &Pod) -> &[PreferredSchedulingTerm] {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|n| {
             n.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
+                .as_deref()
         })
-        .into_iter()
-        .flatten()
+        .unwrap_or(&[])
+}
+
+/// NodeAffinity's score before normalising: the summed weights of the pod's preferred node
+/// affinity terms that the node matches.
+pub fn preferred_score(pod: &Pod, node: &Node) -> i64 {
+    preferences(pod)
+        .iter()
         .filter(|t| t.weight != 0 && term_matches(&t.preference, node))
         .map(|t| i64::from(t.weight))
         .sum()
@@ -142,15 +148,7 @@ pub fn preferred_score(pod: &Pod, node: &Node) -> i64 {
 
 /// Whether the pod has preferred node affinity terms at all.
 pub fn has_preferences(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_some_and(|t| !t.is_empty())
+    !preferences(pod).is_empty()
 }
 
 /// The tolerations that count against PreferNoSchedule taints (those for that effect, or any).

@@ -138,11 +138,13 @@ impl State {
                     counts: HashMap::new(),
                 });
             }
+            // A default over a key no node carries spreads nothing.
+            state.soft.retain(|c| !snap.labelled(&c.key).is_empty());
         }
         // Hard constraints count over the nodes that carry every hard key.
         let hard_keys: Vec<String> = state.hard.iter().map(|c| c.key.clone()).collect();
         for c in &mut state.hard {
-            for info in &snap.nodes {
+            for info in snap.labelled(&c.key).iter().map(|i| &snap.nodes[*i]) {
                 let labels = info.labels();
                 if !hard_keys.iter().all(|k| labels.contains_key(k)) || !c.eligible(pod, &info.node)
                 {
@@ -154,7 +156,7 @@ impl State {
         let soft_keys: Vec<String> = state.soft.iter().map(|c| c.key.clone()).collect();
         let require_all = !state.system_default;
         for c in state.soft.iter_mut().filter(|c| c.key != HOSTNAME) {
-            for info in &snap.nodes {
+            for info in snap.labelled(&c.key).iter().map(|i| &snap.nodes[*i]) {
                 let labels = info.labels();
                 let Some(value) = labels.get(&c.key) else {
                     continue;
