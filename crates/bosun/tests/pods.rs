@@ -1113,3 +1113,115 @@ spec:
     );
     assert!(!events.contains("Liveness probe failed"), "{events}");
 }
+
+/// The cpu time (user and system, in seconds) of a container's PID 1, as its /proc shows it.
+fn cpu_seconds(c: &Cluster, pod: &str) -> f64 {
+    let stat = c.ok(&["exec", pod, "--", "cat", "/proc/1/stat"]);
+    // the fields after the command name, which is in parentheses
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[test]
+fn limits_hold_and_qos_sets_the_oom_score() {
+    let c = Cluster::start_node();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: capped}
+spec:
+  containers:
+  - name: spin
+    image: busybox:1.36
+    command: ["md5sum", "/dev/urandom"]
+    resources:
+      limits: {cpu: 200m, memory: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox:1.36
+    command: ["sh", "-c", "a=$(head -c 200000000 /dev/zero | tr '\\000' x); sleep 3600"]
+    resources:
+      limits: {memory: 32Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: burst}
+spec:
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    resources:
+      requests: {memory: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: loose}
+spec:
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+"#,
+    );
+    for pod in ["capped", "burst", "loose"] {
+        let ready = c.wait_for(60, || {
+            c.jp(
+                &format!("pod/{pod}"),
+                "{.status.conditions[?(@.type==\"Ready\")].status}",
+            ) == "True"
+        });
+        assert!(ready, "{}", c.ok(&["describe", "pod", pod]));
+    }
+    // QoS classes and their OOM scores.
+    let adj = |pod: &str| {
+        c.ok(&["exec", pod, "--", "cat", "/proc/1/oom_score_adj"])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(c.jp("pod/capped", "{.status.qosClass}"), "Guaranteed");
+    // -997, or as low as the agent may go without CAP_SYS_RESOURCE
+    let guaranteed: i32 = adj("capped").parse().expect("number");
+    assert!(guaranteed == -997 || guaranteed == 0, "{guaranteed}");
+    assert_eq!(c.jp("pod/loose", "{.status.qosClass}"), "BestEffort");
+    assert_eq!(adj("loose"), "1000");
+    assert_eq!(c.jp("pod/burst", "{.status.qosClass}"), "Burstable");
+    let burst: i32 = adj("burst").parse().expect("number");
+    assert!((2..=999).contains(&burst), "{burst}");
+
+    // A 200m limit holds a spinning process to about a fifth of a core.
+    let before = cpu_seconds(&c, "capped");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let used = (cpu_seconds(&c, "capped") - before) / 4.0;
+    assert!(
+        (0.1..0.3).contains(&used),
+        "used {used:.2} cores under a 200m limit"
+    );
+
+    // Going over the memory limit ends the container with OOMKilled and 137.
+    let killed = c.wait_for(60, || {
+        c.jp(
+            "pod/hog",
+            "{.status.containerStatuses[0].state.terminated.reason}",
+        ) == "OOMKilled"
+    });
+    assert!(killed, "{}", c.ok(&["describe", "pod", "hog"]));
+    assert_eq!(
+        c.jp(
+            "pod/hog",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "137"
+    );
+    assert!(c.wait_for(20, || c.jp("pod/hog", "{.status.phase}") == "Failed"));
+}

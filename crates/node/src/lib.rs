@@ -24,6 +24,7 @@ pub mod portforward;
 pub mod probes;
 pub mod process;
 pub mod registration;
+pub mod resources;
 pub mod server;
 pub mod spdy;
 pub mod status;

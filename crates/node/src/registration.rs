@@ -40,7 +40,7 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-fn memory_bytes() -> u64 {
+pub(crate) fn memory_bytes() -> u64 {
     read("/proc/meminfo")
         .and_then(|t| {
             t.lines().find_map(|l| {

@@ -644,12 +644,12 @@ impl Worker {
         let meta = &pod.metadata;
         let ns = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
-        let qos = pod
+        let qos_class = pod
             .status
             .as_ref()
             .and_then(|s| s.qos_class.clone())
-            .unwrap_or_else(|| "BestEffort".into())
-            .to_lowercase();
+            .unwrap_or_else(|| "BestEffort".into());
+        let qos = qos_class.to_lowercase();
         let qos_dir = if qos == "guaranteed" {
             String::new()
         } else {
@@ -681,7 +681,7 @@ impl Worker {
                 uts: Some(sandbox.uts()),
             },
             cgroup_path: format!("/kubepods{qos_dir}/pod{}/{}", self.uid, c.name),
-            resources: Default::default(),
+            resources: crate::resources::of(c, &qos_class, crate::registration::memory_bytes()),
             log_path: self
                 .agent
                 .root()

@@ -60,6 +60,8 @@ pub fn spec(config: &ContainerConfig) -> Spec {
         .no_new_privileges(false)
         .build()
         .unwrap_or_default();
+    let mut process = process;
+    process.set_oom_score_adj(config.resources.oom_score_adj);
     spec.set_process(Some(process));
     spec.set_hostname(None);
     spec.set_root(

@@ -91,6 +91,9 @@ pub struct Resources {
     pub cpu_quota: Option<i64>,
     /// CPU period in microseconds.
     pub cpu_period: Option<u64>,
+    /// The process's OOM score adjustment (-1000 to 1000).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// What a container is: everything needed to create and start it.

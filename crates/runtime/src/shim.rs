@@ -217,9 +217,12 @@ fn oom_kills(cgroup_path: &str) -> u64 {
         (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill"),
     ] {
         if let Ok(text) = std::fs::read_to_string(&file) {
+            // e.g. "oom_kill_disable 0\nunder_oom 0\noom_kill 1": the key must match whole.
             for line in text.lines() {
-                if let Some(v) = line.strip_prefix(key).map(str::trim) {
-                    return v.parse().unwrap_or(0);
+                if let Some((k, v)) = line.split_once(' ')
+                    && k == key
+                {
+                    return v.trim().parse().unwrap_or(0);
                 }
             }
         }
