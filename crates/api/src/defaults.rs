@@ -45,6 +45,14 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             default(spec, "finalizers", json!(["kubernetes"]));
         }
         ("", "Secret") => default(root, "type", json!("Opaque")),
+        ("", "LimitRange") => {
+            if let Some(items) = child(root, "spec")
+                .get_mut("limits")
+                .and_then(Value::as_array_mut)
+            {
+                items.iter_mut().for_each(limit_range_item);
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => {
             default(root, "preemptionPolicy", json!("PreemptLowerPriority"))
         }
@@ -168,6 +176,36 @@ fn job_spec(spec: &mut Map<String, Value>) {
 fn pod_template(spec: &mut Map<String, Value>) {
     let template = child(spec, "template");
     pod_spec(child(template, "spec"));
+}
+
+/// Upstream's defaults of a Container LimitRange item: the default limit is the max, the
+/// default request the default limit, else the min.
+fn limit_range_item(item: &mut Value) {
+    let item = ensure_object(item);
+    if item.get("type").and_then(Value::as_str) != Some("Container") {
+        return;
+    }
+    let get = |item: &Map<String, Value>, k: &str| {
+        item.get(k)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (max, min) = (get(item, "max"), get(item, "min"));
+    let mut limits = get(item, "default");
+    for (k, v) in max {
+        limits.entry(k).or_insert(v);
+    }
+    let mut requests = get(item, "defaultRequest");
+    for (k, v) in limits.iter().chain(min.iter()) {
+        requests.entry(k.clone()).or_insert(v.clone());
+    }
+    if !limits.is_empty() {
+        item.insert("default".into(), Value::Object(limits));
+    }
+    if !requests.is_empty() {
+        item.insert("defaultRequest".into(), Value::Object(requests));
+    }
 }
 
 /// Defaults of a pod spec, also inside templates.

@@ -3,7 +3,8 @@
 //! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told),
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
-//! the global default one), and the requester recorded in certificate signing requests.
+//! the global default one), LimitRanger (`crate::limit_range`), and the requester recorded in
+//! certificate signing requests.
 
 use serde_json::{Value, json};
 
@@ -45,6 +46,7 @@ pub async fn admit_create(
         spec.entry("enableServiceLinks").or_insert(json!(true));
         default_toleration_seconds(spec);
         priority(state, obj).await?;
+        crate::limit_range::admit_pod(state, obj).await?;
     }
     Ok(())
 }

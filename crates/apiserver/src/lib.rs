@@ -14,6 +14,7 @@ pub mod authz;
 pub mod codec;
 pub mod discovery;
 pub mod encryption;
+pub mod limit_range;
 pub mod node_proxy;
 pub mod pki;
 pub mod protobuf;

@@ -264,3 +264,74 @@ fn the_serving_certificate_renews_itself() {
     );
     c.ok(&["get", "namespaces"]);
 }
+
+#[test]
+fn limit_ranges_default_and_bound_pods() {
+    let c = Cluster::start();
+    c.apply(
+        r#"
+apiVersion: v1
+kind: LimitRange
+metadata: {name: mylimits}
+spec:
+  limits:
+  - max: {cpu: "2", memory: 1Gi}
+    min: {cpu: 200m, memory: 6Mi}
+    type: Pod
+  - default: {cpu: 300m, memory: 200Mi}
+    defaultRequest: {cpu: 200m, memory: 100Mi}
+    max: {cpu: "2", memory: 1Gi}
+    min: {cpu: 100m, memory: 3Mi}
+    type: Container
+"#,
+    );
+    c.ok(&[
+        "run",
+        "defaulted",
+        "--image=busybox:1.36",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let res = |path: &str| {
+        c.jp(
+            "pod/defaulted",
+            &format!("{{.spec.containers[0].resources.{path}}}"),
+        )
+    };
+    assert_eq!(res("limits.cpu"), "300m");
+    assert_eq!(res("limits.memory"), "200Mi");
+    assert_eq!(res("requests.cpu"), "200m");
+    assert_eq!(res("requests.memory"), "100Mi");
+    assert_eq!(c.jp("pod/defaulted", "{.status.qosClass}"), "Burstable");
+    assert_eq!(
+        c.jp(
+            "pod/defaulted",
+            "{.metadata.annotations.kubernetes\\.io/limit-ranger}"
+        ),
+        "LimitRanger plugin set: cpu, memory request for container defaulted; cpu, memory limit for container defaulted"
+    );
+    let out = c.fails(&[
+        "run",
+        "invalid-pod",
+        "--image=busybox:1.36",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"containers":[{"name":"c","image":"busybox:1.36","resources":{"limits":{"cpu":"3","memory":"100Mi"}}}]}}"#,
+    ]);
+    assert!(out.contains("forbidden"), "{out}");
+    assert!(
+        out.contains("maximum cpu usage per Container is 2, but limit is 3"),
+        "{out}"
+    );
+    assert!(c.ok(&["get", "pods", "-o", "name"]).trim() == "pod/defaulted");
+    // the LimitRange itself got upstream's defaults
+    assert_eq!(
+        c.jp(
+            "limitrange/mylimits",
+            "{.spec.limits[1].defaultRequest.cpu}"
+        ),
+        "200m"
+    );
+}

@@ -161,8 +161,10 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
         Value::from(meta::now_timestamp()),
     );
     defaults::apply(rt, &mut obj);
-    strategy::prepare_for_create(rt, &mut obj);
+    // Mutating admission comes before the strategy, as upstream's: what it fills in (a
+    // LimitRange's requests and limits) counts for the pod's QoS class.
     admission::admit_create(state, rt, &ctx.user, &mut obj).await?;
+    strategy::prepare_for_create(rt, &mut obj);
     let errs = strategy::validate(rt, &obj);
     if !errs.is_empty() {
         return Err(ApiError::invalid(rt, meta::name(&obj), &errs));
