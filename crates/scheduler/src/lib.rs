@@ -18,6 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, Event, EventSource, Namespace, Node, ObjectReference, Pod,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -54,6 +55,7 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let (budgets, budget_writer) = reflector::store::<PodDisruptionBudget>();
     let changed = Arc::new(Notify::new());
     let node_stream = {
         let changed = changed.clone();
@@ -85,11 +87,20 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
     .default_backoff()
     .reflect(namespace_writer)
     .for_each(|_| futures::future::ready(()));
+    // Disruption budgets only steer preemption.
+    let budget_stream = watcher(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(budget_writer)
+    .for_each(|_| futures::future::ready(()));
     let scheduler = Scheduler {
         client,
         nodes,
         pods,
         namespaces,
+        budgets,
         reported: HashMap::new(),
         next_start: 0,
     };
@@ -97,6 +108,7 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
         _ = node_stream => anyhow::bail!("the node watch ended"),
         _ = pod_stream => anyhow::bail!("the pod watch ended"),
         _ = namespace_stream => anyhow::bail!("the namespace watch ended"),
+        _ = budget_stream => anyhow::bail!("the disruption budget watch ended"),
         r = scheduler.run(changed) => r,
     }
 }
@@ -106,6 +118,7 @@ struct Scheduler {
     nodes: Store<Node>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
+    budgets: Store<PodDisruptionBudget>,
     /// The last unschedulable message reported per pod uid.
     reported: HashMap<String, String>,
     /// Where the next pod's search over the nodes starts.
@@ -120,6 +133,7 @@ impl Scheduler {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.budgets.wait_until_ready().await;
         loop {
             self.pass().await;
             // Unschedulable pods are retried when something changes, and at least every 5 s.
@@ -145,6 +159,12 @@ impl Scheduler {
             })
             .collect();
         let mut snap = plugins::Snapshot::new(&nodes, &pods, namespace_labels);
+        snap.budgets = self
+            .budgets
+            .state()
+            .iter()
+            .filter_map(|b| plugins::Budget::of(b))
+            .collect();
         let mut queue: Vec<&Arc<Pod>> = pods.iter().filter(|p| pending(p)).collect();
         queue.sort_by_key(|p| {
             (

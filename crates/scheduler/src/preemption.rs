@@ -1,14 +1,15 @@
 //! Preemption (upstream's DefaultPreemption): when a pod fits no node, lower-priority pods may
 //! make room for it. On each node where removing pods could help, the scheduler takes away all
 //! pods of lower priority, checks that the pod then fits, and gives back as many of them as
-//! still leaves room (the most important first); the node whose victims matter least (lowest
-//! highest priority, then lowest summed priority, then fewest) is nominated.
+//! still leaves room (those a PodDisruptionBudget protects first, then the most important);
+//! the node whose victims matter least (fewest budget violations, then lowest highest
+//! priority, then lowest summed priority, then fewest) is nominated.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::plugins::{Candidate, Failure, Snapshot, priority};
+use crate::plugins::{Budget, Candidate, Failure, Snapshot, priority};
 
 /// A node where the pod fits once the victims are gone.
 #[derive(Debug)]
@@ -57,8 +58,8 @@ pub fn preempt(
             continue;
         }
         match victims_on(candidate, snap, *node, own) {
-            Some(victims) => {
-                let key = Key::of(&victims);
+            Some((victims, violations)) => {
+                let key = Key::of(&victims, violations);
                 if best.as_ref().is_none_or(|(b, _)| key < *b) {
                     best = Some((
                         key,
@@ -76,13 +77,14 @@ pub fn preempt(
         .ok_or_else(|| crate::plugins::preemption_message(snap.nodes.len(), outcomes.into_iter()))
 }
 
-/// The fewest, least important pods of lower priority whose eviction lets the pod fit.
+/// The fewest, least important pods of lower priority whose eviction lets the pod fit, and
+/// how many of them break a disruption budget.
 fn victims_on(
     candidate: &Candidate,
     snap: &Snapshot,
     node: usize,
     own: i32,
-) -> Option<Vec<Arc<Pod>>> {
+) -> Option<(Vec<Arc<Pod>>, usize)> {
     let mut info = snap.nodes[node].clone();
     let mut potential: Vec<Arc<Pod>> = info
         .pods
@@ -99,7 +101,8 @@ fn victims_on(
     if !candidate.fits_without(snap, node, &info) {
         return None;
     }
-    // The most important pods are given back first: higher priority, then started earlier.
+    // The most important pods are given back first: higher priority, then started earlier;
+    // and before them, those whose eviction a disruption budget does not allow.
     potential.sort_by_key(|p| {
         (
             std::cmp::Reverse(priority(p)),
@@ -109,24 +112,52 @@ fn victims_on(
                 .map(|t| t.0),
         )
     });
+    let (protected, free) = split_by_budgets(potential, &snap.budgets);
     let mut victims = Vec::new();
-    for p in potential {
-        info.add(p.clone());
-        if !candidate.fits_without(snap, node, &info) {
-            info.remove(&p);
-            victims.push(p);
+    let mut violations = 0;
+    for (group, violating) in [(protected, true), (free, false)] {
+        for p in group {
+            info.add(p.clone());
+            if !candidate.fits_without(snap, node, &info) {
+                info.remove(&p);
+                victims.push(p);
+                violations += usize::from(violating);
+            }
         }
     }
-    Some(victims)
+    Some((victims, violations))
 }
 
-/// How much a set of victims matters, smallest first: the highest priority among them, the sum
-/// of their priorities, how many they are.
+/// Splits pods (in order) into those whose eviction would break a disruption budget and
+/// those it would not, counting each eviction against the budgets as upstream does.
+fn split_by_budgets(pods: Vec<Arc<Pod>>, budgets: &[Budget]) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    let mut allowed: Vec<i32> = budgets.iter().map(|b| b.allowed).collect();
+    let mut protected = Vec::new();
+    let mut free = Vec::new();
+    for p in pods {
+        let mut violates = false;
+        for (i, b) in budgets.iter().enumerate() {
+            if b.covers(&p) {
+                allowed[i] -= 1;
+                violates |= allowed[i] < 0;
+            }
+        }
+        if violates {
+            protected.push(p);
+        } else {
+            free.push(p);
+        }
+    }
+    (protected, free)
+}
+
+/// How much a set of victims matters, smallest first: how many budgets it breaks, the highest
+/// priority among them, the sum of their priorities, how many they are.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key(i32, i64, usize);
+struct Key(usize, i32, i64, usize);
 
 impl Key {
-    fn of(victims: &[Arc<Pod>]) -> Self {
+    fn of(victims: &[Arc<Pod>], violations: usize) -> Self {
         let highest = victims
             .iter()
             .map(|p| priority(p))
@@ -137,7 +168,7 @@ impl Key {
             .iter()
             .map(|p| i64::from(priority(p)) + i64::from(i32::MAX) + 1)
             .sum();
-        Key(highest, sum, victims.len())
+        Key(violations, highest, sum, victims.len())
     }
 }
 
@@ -220,6 +251,33 @@ mod tests {
         assert_eq!(
             try_preempt(&never, &snap),
             Err("not eligible due to preemptionPolicy=Never.".into())
+        );
+    }
+
+    #[test]
+    fn disruption_budgets_steer_preemption_elsewhere() {
+        let nodes = [node("n1", json!({})), node("n2", json!({}))];
+        let labelled = |name: &str, node: &str, app: &str| {
+            let mut p = (*pod(name, Some(node), "2", 0)).clone();
+            p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+            Arc::new(p)
+        };
+        let pods = [
+            labelled("guarded", "n1", "db"),
+            labelled("spare", "n2", "batch"),
+        ];
+        let mut snap = Snapshot::new(&nodes, &pods, HashMap::new());
+        let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+            serde_json::from_value(json!({
+                "metadata": {"name": "db", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"app": "db"}}},
+                "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
+            }))
+            .expect("pdb");
+        snap.budgets = Budget::of(&pdb).into_iter().collect();
+        assert_eq!(
+            try_preempt(&pod("urgent", None, "1", 1000), &snap),
+            Ok(("n2".into(), vec!["spare".into()]))
         );
     }
 

@@ -160,6 +160,45 @@ pub struct Snapshot {
     with_affinity: Vec<(inter_pod::Terms, usize)>,
     /// The nodes carrying each label key.
     labelled: HashMap<String, Vec<usize>>,
+    /// The disruption budgets, for preemption to respect where it can.
+    pub budgets: Vec<Budget>,
+}
+
+/// A PodDisruptionBudget as preemption weighs it.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Its namespace.
+    pub namespace: String,
+    /// The pods it covers.
+    pub selector: api::selector::LabelSelector,
+    /// How many of them may still be disrupted (status.disruptionsAllowed).
+    pub allowed: i32,
+}
+
+impl Budget {
+    /// The budget of a PodDisruptionBudget; `None` without a usable selector.
+    pub fn of(pdb: &k8s_openapi::api::policy::v1::PodDisruptionBudget) -> Option<Self> {
+        let selector = pdb.spec.as_ref()?.selector.as_ref()?;
+        let selector =
+            api::selector::LabelSelector::from_json(&serde_json::to_value(selector).ok()?).ok()?;
+        Some(Self {
+            namespace: pdb.metadata.namespace.clone().unwrap_or_default(),
+            selector,
+            allowed: pdb
+                .status
+                .as_ref()
+                .map(|s| s.disruptions_allowed)
+                .unwrap_or(0),
+        })
+    }
+
+    /// Whether the budget covers the pod.
+    pub fn covers(&self, pod: &Pod) -> bool {
+        pod.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+            && self
+                .selector
+                .matches_with(|k| pod.metadata.labels.as_ref()?.get(k).map(String::as_str))
+    }
 }
 
 impl Snapshot {
