@@ -154,25 +154,20 @@ fn container_word(list: &str) -> &'static str {
 fn pod_totals(pod: &Value) -> (Map<String, Value>, Map<String, Value>) {
     let total = |which: &str| {
         let mut sum: std::collections::BTreeMap<String, f64> = Default::default();
-        for c in pod
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            for (k, v) in resources(c, which) {
-                *sum.entry(k).or_default() += number(&v).unwrap_or(0.0);
-            }
-        }
-        for c in pod
-            .pointer("/spec/initContainers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            for (k, v) in resources(c, which) {
-                let e = sum.entry(k).or_default();
-                *e = e.max(number(&v).unwrap_or(0.0));
+        // containers are summed first; an init container counts if it alone is more
+        for list in ["containers", "initContainers"] {
+            let init = list == "initContainers";
+            for c in pod
+                .pointer(&format!("/spec/{list}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for (k, v) in resources(c, which) {
+                    let v = number(&v).unwrap_or(0.0);
+                    let e = sum.entry(k).or_default();
+                    *e = if init { e.max(v) } else { *e + v };
+                }
             }
         }
         sum.into_iter()

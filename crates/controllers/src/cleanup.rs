@@ -82,10 +82,7 @@ async fn collect_terminated_pods(ctx: &Context) -> kube::Result<()> {
     finished.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let excess = finished.len() - TERMINATED_POD_THRESHOLD;
     for pod in finished.into_iter().take(excess) {
-        let api: Api<Pod> =
-            Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-        crate::pods::delete_exactly(&api, pod.as_ref(), DeleteParams::default().grace_period(0))
-            .await?;
+        crate::pods::force_delete(&ctx.client, &pod).await?;
     }
     Ok(())
 }

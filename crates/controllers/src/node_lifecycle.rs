@@ -302,10 +302,7 @@ async fn collect_orphans(
         if now.as_second() - since.as_second() < ORPHAN_SECONDS {
             continue;
         }
-        let api: Api<Pod> =
-            Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-        crate::pods::delete_exactly(&api, pod.as_ref(), DeleteParams::default().grace_period(0))
-            .await?;
+        crate::pods::force_delete(&ctx.client, &pod).await?;
     }
     *missing_since = still_missing;
     Ok(())

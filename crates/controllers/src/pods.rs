@@ -201,6 +201,14 @@ where
     }
 }
 
+/// Removes a pod at once (grace period 0), exactly the one seen: for pods no node will stop
+/// (finished ones, those of a node that is gone).
+pub async fn force_delete(client: &kube::Client, pod: &Pod) -> kube::Result<bool> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    delete_exactly(&api, pod, DeleteParams::default().grace_period(0)).await
+}
+
 /// Deletes exactly the object seen (a UID precondition); whether it was deleted now (an
 /// object already gone or replaced is left alone).
 pub async fn delete_exactly<K>(api: &Api<K>, obj: &K, params: DeleteParams) -> kube::Result<bool>

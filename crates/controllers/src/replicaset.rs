@@ -43,6 +43,8 @@ pub trait Replicated:
     fn informer(ctx: &Context) -> &Arc<crate::informer::Informer<Self>>;
     /// The object with its spec and status in ReplicaSet form.
     fn as_replica_set(&self) -> ReplicaSet;
+    /// Its pod selector, as a matcher (cheaper than [`Replicated::as_replica_set`]).
+    fn selector(&self) -> Option<api::selector::LabelSelector>;
 }
 
 impl Replicated for ReplicaSet {
@@ -52,6 +54,9 @@ impl Replicated for ReplicaSet {
     }
     fn as_replica_set(&self) -> ReplicaSet {
         self.clone()
+    }
+    fn selector(&self) -> Option<api::selector::LabelSelector> {
+        pods::selector(&self.spec.as_ref()?.selector)
     }
 }
 
@@ -69,6 +74,15 @@ impl Replicated for ReplicationController {
             spec["selector"] = serde_json::json!({"matchLabels": labels});
         }
         serde_json::from_value(value).unwrap_or_default()
+    }
+    fn selector(&self) -> Option<api::selector::LabelSelector> {
+        let labels = self.spec.as_ref()?.selector.as_ref()?;
+        Some(api::selector::LabelSelector(
+            labels
+                .iter()
+                .map(|(k, v)| api::selector::Requirement::In(k.clone(), vec![v.clone()]))
+                .collect(),
+        ))
     }
 }
 
@@ -89,10 +103,7 @@ pub async fn run<K: Replicated>(ctx: Arc<Context>) {
                 .into_iter()
                 .filter(|rs| rs.namespace() == ns)
                 .filter(|rs| {
-                    rs.as_replica_set()
-                        .spec
-                        .as_ref()
-                        .and_then(|s| pods::selector(&s.selector))
+                    rs.selector()
                         .is_some_and(|sel| !sel.is_empty() && pods::selects(&sel, &pod.metadata))
                 })
                 .map(|rs| ObjectRef::from_obj(rs.as_ref()))

@@ -41,7 +41,17 @@ impl Kind {
         }
     }
 
-    fn of(self, c: &Container) -> Option<&Probe> {
+    /// The probe's name in events ("liveness").
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "startup",
+            Kind::Readiness => "readiness",
+            Kind::Liveness => "liveness",
+        }
+    }
+
+    /// The container's probe of this kind.
+    pub fn of(self, c: &Container) -> Option<&Probe> {
         match self {
             Kind::Startup => c.startup_probe.as_ref(),
             Kind::Readiness => c.readiness_probe.as_ref(),

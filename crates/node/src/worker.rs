@@ -392,25 +392,19 @@ impl Worker {
             if !self.killing.insert(k.id.clone()) {
                 continue;
             }
-            let which = match failed {
-                crate::probes::Kind::Startup => "startup",
-                _ => "liveness",
-            };
             self.agent.events.record(
                 pod,
                 Some(&c.name),
                 Kind::Normal,
                 "Killing",
                 &format!(
-                    "Container {} failed {which} probe, will be restarted",
-                    c.name
+                    "Container {} failed {} probe, will be restarted",
+                    c.name,
+                    failed.name()
                 ),
             );
-            let probe = match failed {
-                crate::probes::Kind::Startup => c.startup_probe.as_ref(),
-                _ => c.liveness_probe.as_ref(),
-            };
-            let grace = probe
+            let grace = failed
+                .of(c)
                 .and_then(|p| p.termination_grace_period_seconds)
                 .unwrap_or_else(|| grace_of(pod));
             let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));

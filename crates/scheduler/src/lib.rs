@@ -52,49 +52,13 @@ fn pending(p: &Pod) -> bool {
 
 /// Runs the scheduler until its watches end.
 pub async fn run(client: kube::Client) -> anyhow::Result<()> {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let (budgets, budget_writer) = reflector::store::<PodDisruptionBudget>();
     let changed = Arc::new(Notify::new());
-    let node_stream = {
-        let changed = changed.clone();
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(node_writer)
-            .applied_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                futures::future::ready(())
-            })
-    };
-    let pod_stream = {
-        let changed = changed.clone();
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(pod_writer)
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                futures::future::ready(())
-            })
-    };
-    // Namespaces only matter to the namespace selectors of pod affinity terms.
-    let namespace_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(namespace_writer)
-    .for_each(|_| futures::future::ready(()));
-    // Disruption budgets only steer preemption.
-    let budget_stream = watcher(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(budget_writer)
-    .for_each(|_| futures::future::ready(()));
+    // Nodes and pods wake the scheduler; namespaces only matter to the namespace selectors of
+    // pod affinity terms, and disruption budgets only steer preemption.
+    let (nodes, node_stream) = cache::<Node>(&client, Some(changed.clone()));
+    let (pods, pod_stream) = cache::<Pod>(&client, Some(changed.clone()));
+    let (namespaces, namespace_stream) = cache::<Namespace>(&client, None);
+    let (budgets, budget_stream) = cache::<PodDisruptionBudget>(&client, None);
     let scheduler = Scheduler {
         client,
         nodes,
@@ -111,6 +75,35 @@ pub async fn run(client: kube::Client) -> anyhow::Result<()> {
         _ = budget_stream => anyhow::bail!("the disruption budget watch ended"),
         r = scheduler.run(changed) => r,
     }
+}
+
+/// A cache of every object of a kind, kept by the returned future; each change (an object
+/// applied or deleted) pokes `changed`, when given.
+fn cache<K>(
+    client: &kube::Client,
+    changed: Option<Arc<Notify>>,
+) -> (Store<K>, impl std::future::Future<Output = ()> + use<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let feed = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |_| {
+            if let Some(changed) = &changed {
+                changed.notify_one();
+            }
+            futures::future::ready(())
+        });
+    (store, feed)
 }
 
 struct Scheduler {
