@@ -18,6 +18,11 @@ pub fn namespace(obj: &Value) -> &str {
     meta_str(obj, "namespace").unwrap_or("")
 }
 
+/// The object's uid, or "".
+pub fn uid(obj: &Value) -> &str {
+    meta_str(obj, "uid").unwrap_or("")
+}
+
 /// The metadata map, created when missing or not an object.
 pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
     let root = ensure_object(obj);

@@ -2,6 +2,8 @@
 //! update keeps, what is valid and what is immutable. Stateless functions keyed by the resource;
 //! the generic store in `apiserver` calls them in upstream's order (default, prepare, validate).
 
+use std::net::Ipv4Addr;
+
 use serde_json::{Value, json};
 
 use crate::meta;
@@ -97,6 +99,9 @@ pub fn prepare_for_update(rt: &ResourceType, old: &Value, new: &mut Value) {
         .and_then(|m| m.get("generation"))
         .and_then(Value::as_i64)
         .unwrap_or(1);
+    if rt.group.is_empty() && rt.kind == "Service" {
+        carry_service_allocations(old, new);
+    }
     let bump = spec_of(old) != spec_of(new);
     meta::set_meta(
         new,
@@ -324,8 +329,17 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> ErrorList
             }
         }
         ("", "Secret") => immutable(&mut errs, "type"),
-        ("", "Service") if old.get("spec").and_then(|s| s.get("clusterIP")).is_some() => {
-            immutable(&mut errs, "spec.clusterIP");
+        ("", "Service") => {
+            // the address may go or come only with a change to or from ExternalName
+            let external =
+                |o: &Value| o.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+            let had = old
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .is_some_and(|ip| !ip.is_empty());
+            if had && !external(old) && !external(new) {
+                immutable(&mut errs, "spec.clusterIP");
+            }
         }
         ("", "Pod") => {
             // only images, activeDeadlineSeconds, tolerations (additions) and
@@ -391,14 +405,10 @@ fn data_keys(obj: &Value, errs: &mut ErrorList) {
 
 fn service(obj: &Value, errs: &mut ErrorList) {
     let spec = obj.get("spec");
-    let kind = spec
-        .and_then(|s| s.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP");
-    let headless = spec
-        .and_then(|s| s.get("clusterIP"))
-        .and_then(Value::as_str)
-        == Some("None");
+    let str_at = |key: &str| spec.and_then(|s| s.get(key)).and_then(Value::as_str);
+    let kind = str_at("type").unwrap_or("ClusterIP");
+    let cluster_ip = str_at("clusterIP").unwrap_or("");
+    let headless = cluster_ip == "None";
     let ports = spec.and_then(|s| s.get("ports")).and_then(Value::as_array);
     if kind != "ExternalName" && !headless && ports.is_none_or(Vec::is_empty) {
         errs.push(FieldError::required("spec.ports", ""));
@@ -410,14 +420,168 @@ fn service(obj: &Value, errs: &mut ErrorList) {
             &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
         ));
     }
+    if kind == "ExternalName" {
+        match str_at("externalName") {
+            None | Some("") => errs.push(FieldError::required("spec.externalName", "")),
+            Some(name) => {
+                if let Some(why) = validation::dns1123_subdomain(name.trim_end_matches('.')) {
+                    errs.push(FieldError::invalid("spec.externalName", json!(name), why));
+                }
+            }
+        }
+        if !cluster_ip.is_empty() {
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs",
+                json!([cluster_ip]),
+                "may not be set for ExternalName services",
+            ));
+        }
+    } else if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<Ipv4Addr>().is_err() {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            json!(cluster_ip),
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+    if headless && matches!(kind, "NodePort" | "LoadBalancer") {
+        errs.push(FieldError::invalid(
+            "spec.clusterIPs[0]",
+            json!("None"),
+            format!("may not be set to 'None' for {kind} services"),
+        ));
+    }
+    if let Some(affinity) = str_at("sessionAffinity")
+        && !["None", "ClientIP"].contains(&affinity)
+    {
+        errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            json!(affinity),
+            &["ClientIP", "None"],
+        ));
+    }
+    let many = ports.is_some_and(|p| p.len() > 1);
+    let mut names = std::collections::BTreeSet::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
+        let at = |field: &str| format!("spec.ports[{i}].{field}");
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
             errs.push(FieldError::invalid(
-                format!("spec.ports[{i}].port"),
+                at("port"),
                 Value::from(port),
                 "must be between 1 and 65535, inclusive",
             ));
+        }
+        match p.get("name").and_then(Value::as_str).unwrap_or("") {
+            "" if many => errs.push(FieldError::required(at("name"), "")),
+            "" => {}
+            name => {
+                if let Some(why) = validation::dns1123_label(name) {
+                    errs.push(FieldError::invalid(at("name"), json!(name), why));
+                }
+                if !names.insert(name) {
+                    errs.push(FieldError::duplicate(at("name"), json!(name)));
+                }
+            }
+        }
+        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+            errs.push(FieldError::not_supported(
+                at("protocol"),
+                json!(protocol),
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+        let node_port = p.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+        if node_port != 0 && !matches!(kind, "NodePort" | "LoadBalancer") {
+            errs.push(FieldError::forbidden(
+                at("nodePort"),
+                format!("may not be used when `type` is '{kind}'"),
+            ));
+        }
+        match p.get("targetPort") {
+            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                errs.push(FieldError::invalid(
+                    at("targetPort"),
+                    Value::Number(n.clone()),
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+            Some(Value::String(name)) => {
+                if let Some(why) = validation::port_name(name) {
+                    errs.push(FieldError::invalid(at("targetPort"), json!(name), why));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// As upstream's service storage on update: a client that leaves out the allocated ClusterIP or
+/// node ports keeps them, and a change of type drops the allocations the new type has no use
+/// for, unless the client changed them itself.
+fn carry_service_allocations(old: &Value, new: &mut Value) {
+    let new_type = new
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ip_fields = ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"];
+    let new_ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+    if new_type == "ExternalName" {
+        if new_ip.is_empty() || spec.get("clusterIP") == old_spec.get("clusterIP") {
+            for f in ip_fields {
+                spec.remove(f);
+            }
+        }
+    } else if new_ip.is_empty() {
+        for f in ip_fields {
+            if let Some(v) = old_spec.get(f) {
+                spec.entry(f).or_insert_with(|| v.clone());
+            }
+        }
+        if let Some(v) = old_spec.get("clusterIP") {
+            spec.insert("clusterIP".into(), v.clone());
+        }
+    }
+    let wants_node_ports = matches!(new_type.as_str(), "NodePort" | "LoadBalancer");
+    let old_ports = old_spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let key = |p: &Value| {
+        (
+            p.get("port").and_then(Value::as_i64),
+            p.get("protocol")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        )
+    };
+    for p in spec
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let old_node_port = old_ports
+            .iter()
+            .find(|o| key(o) == key(p))
+            .and_then(|o| o.get("nodePort"))
+            .cloned();
+        let Some(port) = p.as_object_mut() else {
+            continue;
+        };
+        let given = port.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0;
+        if wants_node_ports {
+            if let (false, Some(np)) = (given, old_node_port) {
+                port.insert("nodePort".into(), np);
+            }
+        } else if !given || port.get("nodePort") == old_node_port.as_ref() {
+            port.remove("nodePort");
         }
     }
 }

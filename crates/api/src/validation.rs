@@ -149,6 +149,28 @@ pub fn dns1123_label(s: &str) -> Option<String> {
     ))
 }
 
+/// Why `s` is not a port name (an IANA service name, as container and target ports use), if
+/// it is not.
+pub fn port_name(s: &str) -> Option<String> {
+    let why = if s.len() > 15 {
+        "must be no more than 15 characters"
+    } else if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
+    } else if s.contains("--") {
+        "must not contain consecutive hyphens"
+    } else if !s.bytes().any(|b| b.is_ascii_lowercase()) {
+        "must contain at least one letter (a-z)"
+    } else if s.starts_with('-') || s.ends_with('-') {
+        "must not begin or end with a hyphen"
+    } else {
+        return None;
+    };
+    Some(why.into())
+}
+
 /// Why `s` is not an RFC 1123 subdomain (as most object names must be), if it is not.
 pub fn dns1123_subdomain(s: &str) -> Option<String> {
     if s.len() > 253 {

@@ -26,10 +26,14 @@ pub async fn system_namespaces(storage: &Storage) -> Result<()> {
     Ok(())
 }
 
-/// Creates a cluster-scoped object unless one of its name exists, as a create request would.
-async fn create_missing(storage: &Storage, rt: &api::ResourceType, mut obj: Value) -> Result<()> {
+/// Creates an object unless one of its name exists, as a create request would.
+pub(crate) async fn create_missing(
+    storage: &Storage,
+    rt: &api::ResourceType,
+    mut obj: Value,
+) -> Result<()> {
     let name = meta::name(&obj).to_string();
-    if storage.get(rt, "", &name).await.is_ok() {
+    if storage.get(rt, meta::namespace(&obj), &name).await.is_ok() {
         return Ok(());
     }
     meta::set_meta(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));

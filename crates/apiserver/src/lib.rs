@@ -20,6 +20,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod request;
 pub mod rest;
+pub mod services;
 pub mod status;
 pub mod storage;
 pub mod tls;
@@ -60,6 +61,12 @@ pub struct Config {
     pub encryption_provider_config: Option<PathBuf>,
     /// How long a serving certificate is valid; it is renewed when a fifth remains.
     pub serving_cert_lifetime: std::time::Duration,
+    /// The range Service ClusterIPs come from.
+    pub service_cidr: ipnet::Ipv4Net,
+    /// The range node ports come from.
+    pub node_port_range: std::ops::RangeInclusive<u16>,
+    /// The address pods reach this API server at (the `kubernetes` Service's endpoint).
+    pub advertise_address: std::net::Ipv4Addr,
 }
 
 /// What every request handler shares.
@@ -78,6 +85,8 @@ pub struct State {
     pub auditor: Option<audit::Auditor>,
     /// How the server calls nodes (its kubelet client certificate, the cluster CA).
     pub kubelet_client: std::sync::Arc<rustls::ClientConfig>,
+    /// Where Service addresses and node ports come from.
+    pub services: services::ServiceRanges,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates
@@ -108,5 +117,13 @@ pub async fn start(config: Config) -> Result<Running> {
     bootstrap::system_namespaces(&storage).await?;
     bootstrap::system_priority_classes(&storage).await?;
     bootstrap::rbac(&storage).await?;
-    serve::serve(config, storage).await
+    let ranges = services::ServiceRanges::new(config.service_cidr, config.node_port_range.clone());
+    services::reconcile_api_service(
+        &storage,
+        &ranges,
+        config.advertise_address,
+        config.bind.port(),
+    )
+    .await?;
+    serve::serve(config, storage, ranges).await
 }

@@ -61,7 +61,11 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
+pub(crate) async fn serve(
+    config: Config,
+    storage: Storage,
+    services: crate::services::ServiceRanges,
+) -> Result<Running> {
     let pki = Arc::new(Pki::load_or_create(&config.data_dir.join("tls"))?);
     let mut sans = vec![
         hostname(),
@@ -120,6 +124,7 @@ pub(crate) async fn serve(config: Config, storage: Storage) -> Result<Running> {
         static_tokens,
         anonymous_auth: config.anonymous_auth,
         auditor,
+        services,
     });
     let app = axum::Router::new().fallback(route).with_state(state);
     let task = tokio::spawn(async move {

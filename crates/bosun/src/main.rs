@@ -190,6 +190,16 @@ struct ServerArgs {
     /// Runs the control plane only: no node agent for this machine.
     #[arg(long)]
     disable_agent: bool,
+    /// The range Service ClusterIPs come from (the cluster DNS takes the tenth address).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: ipnet::Ipv4Net,
+    /// The range NodePort Services' ports come from.
+    #[arg(long, default_value = "30000-32767", value_parser = port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// The address pods reach the API server at (default: the bind address, or this machine's
+    /// address when binding to all).
+    #[arg(long)]
+    advertise_address: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -214,9 +224,33 @@ struct AgentArgs {
     insecure_registries: Vec<String>,
 }
 
+/// Parses a port range such as `30000-32767`.
+fn port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range (expected e.g. 30000-32767)"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?} is not a port range"));
+    }
+    Ok(lo..=hi)
+}
+
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let data_dir = args.data_dir.clone();
+    let advertise_address = match (args.advertise_address, args.bind.ip()) {
+        (Some(a), _) => a,
+        (None, std::net::IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_loopback() => ip,
+        (None, _) => node::registration::internal_ip()
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+    };
     let running = apiserver::start(apiserver::Config {
         data_dir: args.data_dir,
         bind: args.bind,
@@ -227,6 +261,9 @@ async fn server(args: ServerArgs) -> Result<()> {
         audit_log_path: args.audit_log_path,
         encryption_provider_config: args.encryption_provider_config,
         serving_cert_lifetime: std::time::Duration::from_secs(args.serving_cert_seconds),
+        service_cidr: args.service_cidr,
+        node_port_range: args.service_node_port_range,
+        advertise_address,
     })
     .await?;
     let pki = running.pki.clone();

@@ -181,6 +181,13 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
         fields,
         None,
     );
+    let _allocating = if crate::services::is_service(rt) {
+        let guard = state.services.lock().await;
+        crate::services::allocate(state, rt, None, &mut obj).await?;
+        Some(guard)
+    } else {
+        None
+    };
     if ctx.dry_run() {
         return Ok(obj);
     }
@@ -299,6 +306,14 @@ pub(super) async fn store_update(
     if ctx.rt.group == "rbac.authorization.k8s.io" {
         crate::authz::check_grant(&state.storage, &ctx.user, ctx.rt.kind, &new).await?;
     }
+    let mut new = new;
+    let _allocating = if crate::services::is_service(ctx.rt) && ctx.info.subresource.is_empty() {
+        let guard = state.services.lock().await;
+        crate::services::allocate(state, ctx.rt, Some(current), &mut new).await?;
+        Some(guard)
+    } else {
+        None
+    };
     if ctx.dry_run() {
         return Ok(new);
     }

@@ -1,0 +1,160 @@
+//! End-to-end tests of Service networking: addresses and node ports, endpoints, the node's
+//! proxy rules and the cluster DNS, driven with the real kubectl against a real `bosun server`.
+
+mod common;
+
+use common::Cluster;
+
+#[test]
+fn services_get_cluster_ips_and_node_ports_as_upstream() {
+    let c = Cluster::start();
+    assert_eq!(c.jp("service/kubernetes", "{.spec.clusterIP}"), "10.43.0.1");
+    assert_eq!(
+        c.jp("endpoints/kubernetes", "{.subsets[0].ports[0].name}"),
+        "https"
+    );
+
+    c.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let ip = c.jp("service/web", "{.spec.clusterIP}");
+    assert!(ip.starts_with("10.43."), "clusterIP {ip}");
+    assert_eq!(c.jp("service/web", "{.spec.clusterIPs[0]}"), ip);
+    let row = c.ok(&["get", "service", "web", "--no-headers"]);
+    assert!(
+        row.split_whitespace().collect::<Vec<_>>()[..5]
+            == ["web", "ClusterIP", &ip, "<none>", "80/TCP"],
+        "{row}"
+    );
+
+    let taken = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        &format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"twin\"}},\"spec\":{{\"clusterIP\":\"{ip}\",\"ports\":[{{\"port\":80}}]}}}}"
+        ),
+    );
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        err.contains(&format!(
+            "spec.clusterIPs: Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"
+        )) || err.contains("provided IP is already allocated"),
+        "{err}"
+    );
+    let outside = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"far\"},\"spec\":{\"clusterIP\":\"10.96.0.5\",\"ports\":[{\"port\":80}]}}",
+    );
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains(
+            "the provided IP (10.96.0.5) is not in the valid range. The range of valid IPs is 10.43.0.0/16"
+        ),
+        "{}",
+        String::from_utf8_lossy(&outside.stderr)
+    );
+
+    c.ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "np",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert_eq!(c.jp("service/np", "{.spec.ports[0].nodePort}"), "30080");
+    assert_eq!(
+        c.jp("service/np", "{.spec.externalTrafficPolicy}"),
+        "Cluster"
+    );
+    let again = c.fails(&[
+        "create",
+        "service",
+        "nodeport",
+        "np2",
+        "--tcp=80:8080",
+        "--node-port=30080",
+    ]);
+    assert!(
+        again.contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{again}"
+    );
+    let low = c.fails(&[
+        "create",
+        "service",
+        "nodeport",
+        "np3",
+        "--tcp=80:8080",
+        "--node-port=80",
+    ]);
+    assert!(
+        low.contains(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{low}"
+    );
+    c.ok(&["create", "service", "nodeport", "auto", "--tcp=80:8080"]);
+    let auto: u32 = c
+        .jp("service/auto", "{.spec.ports[0].nodePort}")
+        .parse()
+        .expect("a node port");
+    assert!((30000..=32767).contains(&auto), "nodePort {auto}");
+
+    // a change of type drops the node port; a replace that leaves the address out keeps it
+    let np_ip = c.jp("service/np", "{.spec.clusterIP}");
+    c.ok(&[
+        "patch",
+        "service",
+        "np",
+        "-p",
+        "{\"spec\":{\"type\":\"ClusterIP\"}}",
+    ]);
+    assert_eq!(c.jp("service/np", "{.spec.ports[0].nodePort}"), "");
+    assert_eq!(c.jp("service/np", "{.spec.clusterIP}"), np_ip);
+    let replaced = c.kubectl_stdin(
+        &["replace", "-f", "-"],
+        "{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"web\"},\"spec\":{\"ports\":[{\"port\":81}]}}",
+    );
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert_eq!(c.jp("service/web", "{.spec.clusterIP}"), ip);
+    let moved = c.fails(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        "{\"spec\":{\"clusterIP\":\"10.43.9.9\"}}",
+    ]);
+    assert!(moved.contains("field is immutable"), "{moved}");
+
+    c.ok(&[
+        "create",
+        "service",
+        "externalname",
+        "db",
+        "--external-name=db.example.com",
+    ]);
+    assert_eq!(c.jp("service/db", "{.spec.clusterIP}"), "");
+    let row = c.ok(&["get", "service", "db", "--no-headers"]);
+    assert!(
+        row.contains("ExternalName") && row.contains("db.example.com"),
+        "{row}"
+    );
+    c.ok(&["create", "service", "clusterip", "hl", "--clusterip=None"]);
+    assert_eq!(c.jp("service/hl", "{.spec.clusterIP}"), "None");
+
+    // deleting a Service frees its address for another
+    c.ok(&["delete", "service", "web"]);
+    let reuse = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        &format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"twin\"}},\"spec\":{{\"clusterIP\":\"{ip}\",\"ports\":[{{\"port\":80}}]}}}}"
+        ),
+    );
+    assert!(
+        reuse.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reuse.stderr)
+    );
+}
