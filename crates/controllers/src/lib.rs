@@ -12,6 +12,8 @@
 //! - [`daemonset`]: a pod on every eligible node; [`statefulset`]: pods with stable names,
 //!   both keeping their template history as ControllerRevisions ([`revisions`]).
 //! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
+//! - [`endpoints`]: Services' Endpoints and EndpointSlices from the pods they select, and
+//!   user-written Endpoints mirrored into slices.
 //! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
 //! - [`cleanup`]: events expire after an hour; finished pods beyond 12,500 go.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
@@ -28,6 +30,7 @@ pub mod csr_signer;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
@@ -52,7 +55,8 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::runtime::controller::Action;
@@ -117,6 +121,12 @@ pub struct Informers {
     pub nodes: Arc<Informer<Node>>,
     /// Every PodDisruptionBudget.
     pub budgets: Arc<Informer<PodDisruptionBudget>>,
+    /// Every Service.
+    pub services: Arc<Informer<Service>>,
+    /// Every Endpoints.
+    pub endpoints: Arc<Informer<Endpoints>>,
+    /// Every EndpointSlice.
+    pub endpointslices: Arc<Informer<EndpointSlice>>,
 }
 
 impl Informers {
@@ -133,6 +143,9 @@ impl Informers {
             revisions: Informer::start(Api::all(client.clone())),
             nodes: Informer::start(Api::all(client.clone())),
             budgets: Informer::start(Api::all(client.clone())),
+            services: Informer::start(Api::all(client.clone())),
+            endpoints: Informer::start(Api::all(client.clone())),
+            endpointslices: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -148,6 +161,9 @@ impl Informers {
         self.revisions.ready().await;
         self.nodes.ready().await;
         self.budgets.ready().await;
+        self.services.ready().await;
+        self.endpoints.ready().await;
+        self.endpointslices.ready().await;
     }
 }
 
@@ -204,6 +220,7 @@ pub fn start(
                 _ = statefulset::run(ctx.clone()) => "statefulset",
                 _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
                 _ = disruption::run(ctx.clone()) => "disruption",
+                _ = endpoints::run(ctx.clone()) => "endpoints",
                 _ = cleanup::run(ctx.clone()) => "cleanup",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }
