@@ -298,14 +298,27 @@ async fn server(args: ServerArgs) -> Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        r = running.task => r?,
-        r = ctrl => r??,
-        r = scheduler => r??,
-        r = agent_done => r??,
-        _ = tokio::signal::ctrl_c() => {}
+    let agent_ran = !args.disable_agent;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let outcome: Result<()> = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            r = running.task => r?,
+            r = ctrl => r??,
+            r = scheduler => r??,
+            r = agent_done => r??,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if agent_ran {
+        // the Service rules go with the agent; pods and their network stay for the next start
+        if let Err(e) = network::proxy::cleanup() {
+            eprintln!("cannot remove the service rules: {e}");
+        }
+    }
+    outcome
 }
 
 /// A client for one of bosun's own components, authenticated by a client certificate issued

@@ -1,5 +1,7 @@
 //! Networking of a node: [`pod`] gives each pod's network namespace an address on the node's
-//! bridge and a route out. Service proxying and cluster DNS come with their issue.
+//! bridge and a route out; [`proxy`] programs the kernel so that Service addresses and node
+//! ports reach their endpoints. Cluster DNS comes with its issue.
 
 pub mod ipam;
 pub mod pod;
+pub mod proxy;

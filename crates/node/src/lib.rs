@@ -7,7 +7,8 @@
 //! spec as Kubernetes defines it ([`process`]) from images pulled as their policy says
 //! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]), attaches to them ([`attach`]) and forwards ports to them ([`portforward`],
-//! over [`spdy`]) for the API server.
+//! over [`spdy`]) for the API server. [`proxy`] keeps the node's Service rules in step with
+//! Services and their endpoints.
 //!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
@@ -23,6 +24,7 @@ pub mod pods;
 pub mod portforward;
 pub mod probes;
 pub mod process;
+pub mod proxy;
 pub mod registration;
 pub mod resources;
 pub mod server;
@@ -131,9 +133,15 @@ impl Agent {
         }
         let beat = self.clone();
         let api = server::serve(self.clone(), self.config.api_addr, tls);
+        let proxy = proxy::run(
+            self.client.clone(),
+            self.config.node_name.clone(),
+            network::proxy::Proxy::new(self.config.pod_cidr, &self.config.bridge),
+        );
         tokio::select! {
             _ = beat.heartbeat() => anyhow::bail!("the node heartbeat stopped"),
             r = pods::run(self.clone()) => r,
+            r = proxy => r.map_err(|e| e.context("the service proxy stopped")),
             r = api => r,
         }
     }

@@ -1,0 +1,205 @@
+//! The node's Service proxy (kube-proxy's job): watches Services and EndpointSlices and, on
+//! every change, turns them into [`network::proxy::ServicePort`]s for the kernel rules. Changes
+//! arriving together are synced together; a failed sync is tried again.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use network::proxy::{Endpoint, Protocol, Proxy, ServicePort};
+use tokio::sync::Notify;
+
+/// The label naming an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long changes are gathered before a sync.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Runs the proxy of node `node_name` until the watches end.
+pub async fn run(client: kube::Client, node_name: String, mut proxy: Proxy) -> anyhow::Result<()> {
+    Proxy::prepare_node()?;
+    let changed = Arc::new(Notify::new());
+    let (services, services_task) = watch::<Service>(&client, changed.clone());
+    let (slices, slices_task) = watch::<EndpointSlice>(&client, changed.clone());
+    let sync = async {
+        services.wait_until_ready().await.ok();
+        slices.wait_until_ready().await.ok();
+        loop {
+            tokio::time::sleep(GATHER).await;
+            let ports = service_ports(&services.state(), &slices.state(), &node_name);
+            if let Err(e) = proxy.sync(&ports) {
+                tracing::warn!(error = %e, "programming the service rules failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            changed.notified().await;
+        }
+    };
+    tokio::select! {
+        () = sync => Ok(()),
+        () = services_task => anyhow::bail!("the service watch ended"),
+        () = slices_task => anyhow::bail!("the endpoint slice watch ended"),
+    }
+}
+
+type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
+
+/// A cache of every `K`, and the task keeping it, which wakes `changed` on each change.
+fn watch<K>(client: &kube::Client, changed: Arc<Notify>) -> Watch<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
+    let task = Box::pin(async move {
+        let mut stream = std::pin::pin!(stream);
+        // every event (deletions too) has changed the cache by the time it comes out
+        while stream.next().await.is_some() {
+            changed.notify_one();
+        }
+    });
+    (reader, task)
+}
+
+/// What the kernel rules should say for `services` and their `slices`, seen from `node`.
+pub fn service_ports(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node: &str,
+) -> Vec<ServicePort> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
+            by_service
+                .entry((s.namespace().unwrap_or_default(), svc.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let cluster_ips: Vec<Ipv4Addr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if cluster_ips.is_empty() {
+            continue; // headless: DNS answers with the endpoints themselves
+        }
+        let mut external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        external_ips.extend(
+            svc.status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.as_ref()?.parse::<Ipv4Addr>().ok()),
+        );
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let slices = by_service
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(10800, |t| t.max(1) as u32)
+        });
+        for p in spec.ports.iter().flatten() {
+            let port_name = p.name.clone().unwrap_or_default();
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            out.push(ServicePort {
+                name: format!("{ns}/{name}/{port_name}"),
+                cluster_ips: cluster_ips.clone(),
+                external_ips: external_ips.clone(),
+                protocol: Protocol::from_name(&protocol),
+                port: p.port as u16,
+                node_port: p.node_port.filter(|n| *n > 0).map(|n| n as u16),
+                endpoints: endpoints(&slices, &port_name, &protocol, node),
+                affinity_seconds,
+                external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            });
+        }
+    }
+    out
+}
+
+/// The endpoints of one Service port: the ready ones, or, when none is, those still serving
+/// while they terminate (as kube-proxy falls back to them).
+fn endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: &str,
+    node: &str,
+) -> Vec<Endpoint> {
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == protocol
+            })
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            let Some(ip) = e.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let c = e.conditions.clone().unwrap_or_default();
+            let endpoint = Endpoint {
+                ip,
+                port: port as u16,
+                local: e.node_name.as_deref() == Some(node),
+            };
+            if c.ready != Some(false) {
+                ready.push(endpoint);
+            } else if c.serving == Some(true) && c.terminating == Some(true) {
+                terminating.push(endpoint);
+            }
+        }
+    }
+    let mut chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.sort();
+    chosen.dedup();
+    chosen
+}
