@@ -305,8 +305,9 @@ fn random_free_port(
         .or_else(|| (lo..=hi).find(|p| free(*p)))
 }
 
-/// Creates the `kubernetes` Service in `default` when missing, and points its Endpoints and
-/// EndpointSlice at the API server, as upstream's endpoint reconciler does.
+/// Creates the `kubernetes` Service in `default` and the cluster DNS Service `kube-dns` in
+/// `kube-system` when missing, and points the first's Endpoints and EndpointSlice at the API
+/// server, as upstream's endpoint reconciler does.
 pub async fn reconcile_api_service(
     storage: &crate::storage::Storage,
     ranges: &ServiceRanges,
@@ -338,6 +339,31 @@ pub async fn reconcile_api_service(
                 "ipFamilies": ["IPv4"],
                 "ipFamilyPolicy": "SingleStack",
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "sessionAffinity": "None",
+                "type": "ClusterIP",
+            },
+        }),
+    )
+    .await?;
+    // the cluster DNS: every node answers its own pods at this address (see node::proxy)
+    crate::bootstrap::create_missing(
+        storage,
+        find("services")?,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "bosun-dns"}},
+            "spec": {
+                "clusterIP": ranges.dns_ip().to_string(),
+                "clusterIPs": [ranges.dns_ip().to_string()],
+                "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack",
+                "internalTrafficPolicy": "Local",
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                ],
                 "sessionAffinity": "None",
                 "type": "ClusterIP",
             },

@@ -280,7 +280,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     let agent = if args.disable_agent {
         None
     } else {
-        Some(start_agent(&running, &data_dir, args.agent).await?)
+        // the cluster DNS Service has the tenth address of the service range
+        let cluster_dns = std::net::Ipv4Addr::from(u32::from(args.service_cidr.network()) + 10);
+        Some(start_agent(&running, &data_dir, args.agent, cluster_dns).await?)
     };
     eprintln!(
         "bosun server listening on {} (ready in {} ms)",
@@ -344,6 +346,7 @@ async fn start_agent(
     running: &apiserver::Running,
     data_dir: &std::path::Path,
     args: AgentArgs,
+    cluster_dns: std::net::Ipv4Addr,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     if !running_as_root() {
         anyhow::bail!(
@@ -370,6 +373,8 @@ async fn start_agent(
             control_plane: true,
             api_addr: args.node_api_bind,
             insecure_registries: args.insecure_registries,
+            cluster_dns,
+            cluster_domain: "cluster.local".into(),
         },
         client,
     )?;

@@ -6,6 +6,11 @@ mod common;
 use common::Cluster;
 
 #[test]
+fn scenario_08_services() {
+    Cluster::start_node().scenario("08-services");
+}
+
+#[test]
 fn services_get_cluster_ips_and_node_ports_as_upstream() {
     let c = Cluster::start();
     assert_eq!(c.jp("service/kubernetes", "{.spec.clusterIP}"), "10.43.0.1");

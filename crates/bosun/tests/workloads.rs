@@ -132,7 +132,6 @@ spec:
 }
 
 #[test]
-#[ignore = "pending: its per-pod DNS step needs cluster DNS (networking issue 7)"]
 fn scenario_10_workloads() {
     Cluster::start_node().scenario("10-workloads");
 }

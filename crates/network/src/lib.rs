@@ -1,7 +1,8 @@
 //! Networking of a node: [`pod`] gives each pod's network namespace an address on the node's
 //! bridge and a route out; [`proxy`] programs the kernel so that Service addresses and node
-//! ports reach their endpoints. Cluster DNS comes with its issue.
+//! ports reach their endpoints; [`dns`] answers the cluster DNS names of Services and pods.
 
+pub mod dns;
 pub mod ipam;
 pub mod pod;
 pub mod proxy;

@@ -102,9 +102,13 @@ impl PodNetwork {
             // Two agents racing to create it is fine: the second one's add fails, the rest holds.
             let _ = ip_batch(&format!("link add {b} type bridge\n"), false);
         }
+        // A bridge takes the lowest address of its ports unless given one: it would change as
+        // pods come and go, and pods' ARP caches would point at a MAC that is no longer the
+        // gateway's. A fixed, locally administered address made from the gateway's IP stays.
+        let [a, b2, c, d] = self.cidr.gateway().octets();
         ip_batch(
             &format!(
-                "addr replace {}/{} dev {b}\nlink set {b} up\n",
+                "link set {b} address 0a:58:{a:02x}:{b2:02x}:{c:02x}:{d:02x}\naddr replace {}/{} dev {b}\nlink set {b} up\n",
                 self.cidr.gateway(),
                 self.cidr.prefix
             ),

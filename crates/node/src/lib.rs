@@ -26,6 +26,7 @@ pub mod probes;
 pub mod process;
 pub mod proxy;
 pub mod registration;
+pub mod resolv;
 pub mod resources;
 pub mod server;
 pub mod spdy;
@@ -65,6 +66,10 @@ pub struct Config {
     pub api_addr: SocketAddr,
     /// Registries (`host[:port]`) pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The cluster DNS Service's address, which pods resolve names through.
+    pub cluster_dns: std::net::Ipv4Addr,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// The agent: what every part of it shares.
@@ -89,6 +94,11 @@ pub struct Agent {
     pub pods: Mutex<HashMap<(String, String), String>>,
     /// Held while an image is pulled: pulls run one at a time.
     pub pulls: tokio::sync::Mutex<()>,
+    /// Every Service, for the proxy, the cluster DNS and containers' service variables.
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    /// What fills [`Agent::services`], until the proxy takes it to watch with.
+    services_writer:
+        Mutex<Option<kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Service>>>,
 }
 
 impl Agent {
@@ -100,7 +110,10 @@ impl Agent {
         let network = PodNetwork::open(&config.bridge, config.pod_cidr, &root.join("ipam"))?;
         network.setup_node()?;
         let events = events::Recorder::new(client.clone(), &config.node_name);
+        let (services, services_writer) = kube::runtime::reflector::store();
         Ok(Arc::new(Self {
+            services,
+            services_writer: Mutex::new(Some(services_writer)),
             host_ip: registration::internal_ip(),
             config,
             client,
@@ -133,10 +146,26 @@ impl Agent {
         }
         let beat = self.clone();
         let api = server::serve(self.clone(), self.config.api_addr, tls);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let dns = proxy::NodeDns {
+            addr: std::net::SocketAddr::new(self.config.pod_cidr.gateway().into(), 53),
+            server: Arc::new(network::dns::Dns::new(
+                &self.config.cluster_domain,
+                network::dns::Dns::upstreams_from(&host_resolv),
+            )),
+        };
+        let services = self
+            .services_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the agent runs once"))?;
         let proxy = proxy::run(
             self.client.clone(),
+            (self.services.clone(), services),
             self.config.node_name.clone(),
             network::proxy::Proxy::new(self.config.pod_cidr, &self.config.bridge),
+            dns,
         );
         tokio::select! {
             _ = beat.heartbeat() => anyhow::bail!("the node heartbeat stopped"),

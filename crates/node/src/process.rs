@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use serde_json::Value;
 
 /// The process to run.
@@ -68,6 +68,64 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The Services' variables kubelet gives a pod's containers (docker links style): for the
+/// `kubernetes` Service in `default`, and, unless `enableServiceLinks` is false, for every
+/// Service with a ClusterIP in the pod's namespace.
+pub fn service_env(pod: &Pod, services: &[std::sync::Arc<Service>]) -> Vec<(String, String)> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    for svc in services {
+        let (svc_ns, name) = (
+            svc.metadata.namespace.as_deref().unwrap_or(""),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let master = svc_ns == "default" && name == "kubernetes";
+        if master || (links && svc_ns == ns) {
+            // the pod's own namespace wins over the master service's
+            if !master || !chosen.contains_key(&name) {
+                chosen.insert(name, svc);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let prefix = name.to_uppercase().replace('-', "_");
+        let ports = spec.ports.clone().unwrap_or_default();
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+        if let Some(first) = ports.first() {
+            out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        }
+        for p in &ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                let n = n.to_uppercase().replace('-', "_");
+                out.push((format!("{prefix}_SERVICE_PORT_{n}"), p.port.to_string()));
+            }
+        }
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let url = format!("{}://{ip}:{}", proto.to_lowercase(), p.port);
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((base.clone(), url));
+            out.push((format!("{base}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{base}_PORT"), p.port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.to_string()));
+        }
+    }
+    out
+}
+
 /// The value of a downward API field path of the pod.
 pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
     let meta = &pod.metadata;
@@ -96,7 +154,12 @@ pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
 /// The process of `container` in `pod`, from the image config (the `config` object of an OCI
 /// image config). Errors name what is missing, as CreateContainerConfigError/CreateContainerError
 /// messages do.
-pub fn process(pod: &Pod, container: &Container, image_config: &Value) -> Result<Process, String> {
+pub fn process(
+    pod: &Pod,
+    container: &Container,
+    image_config: &Value,
+    service_env: &[(String, String)],
+) -> Result<Process, String> {
     let cfg = &image_config["config"];
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| match env
@@ -118,8 +181,11 @@ pub fn process(pod: &Pod, container: &Container, image_config: &Value) -> Result
             .unwrap_or(hostname);
         set(&mut env, "HOSTNAME".into(), hostname);
     }
-    // Only the container's own variables are visible to `$(VAR)` references.
-    let mut own: Vec<(String, String)> = Vec::new();
+    for (n, v) in service_env {
+        set(&mut env, n.clone(), v.clone());
+    }
+    // Only the services' and the container's own variables are visible to `$(VAR)` references.
+    let mut own: Vec<(String, String)> = service_env.to_vec();
     for var in container.env.iter().flatten() {
         let value = if let Some(source) = &var.value_from {
             if let Some(f) = &source.field_ref {
@@ -264,21 +330,24 @@ mod tests {
     fn command_and_args_combine_with_the_image_as_kubernetes_defines() {
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
         assert_eq!(
-            process(&p, &c, &image()).expect("p").args,
+            process(&p, &c, &image(), &[]).expect("p").args,
             ["/entry", "serve"]
         );
         let (p, c) = pod(json!({"name": "c", "image": "i", "args": ["x"]}));
-        assert_eq!(process(&p, &c, &image()).expect("p").args, ["/entry", "x"]);
+        assert_eq!(
+            process(&p, &c, &image(), &[]).expect("p").args,
+            ["/entry", "x"]
+        );
         let (p, c) = pod(json!({"name": "c", "image": "i", "command": ["sh"]}));
-        assert_eq!(process(&p, &c, &image()).expect("p").args, ["sh"]);
+        assert_eq!(process(&p, &c, &image(), &[]).expect("p").args, ["sh"]);
         let (p, c) =
             pod(json!({"name": "c", "image": "i", "command": ["sh"], "args": ["-c", "x"]}));
         assert_eq!(
-            process(&p, &c, &image()).expect("p").args,
+            process(&p, &c, &image(), &[]).expect("p").args,
             ["sh", "-c", "x"]
         );
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
-        assert!(process(&p, &c, &json!({"config": {}})).is_err());
+        assert!(process(&p, &c, &json!({"config": {}}), &[]).is_err());
     }
 
     #[test]
@@ -292,7 +361,7 @@ mod tests {
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}
         ]}));
-        let proc = process(&p, &c, &image()).expect("process");
+        let proc = process(&p, &c, &image(), &[]).expect("process");
         assert_eq!(
             proc.args,
             ["echo", "hello world", "$(GREETING)", "$(MISSING)"]
@@ -308,12 +377,12 @@ mod tests {
     #[test]
     fn working_dir_and_user_fall_back_to_the_image() {
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
-        let proc = process(&p, &c, &image()).expect("process");
+        let proc = process(&p, &c, &image(), &[]).expect("process");
         assert_eq!(proc.cwd, "/app");
         assert_eq!(proc.user.as_deref(), Some("daemon"));
         let (p, c) = pod(json!({"name": "c", "image": "i", "workingDir": "/w",
             "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}));
-        let proc = process(&p, &c, &image()).expect("process");
+        let proc = process(&p, &c, &image(), &[]).expect("process");
         assert_eq!(proc.cwd, "/w");
         assert_eq!(proc.user.as_deref(), Some("1000"));
         assert_eq!(proc.group, Some(3000));
@@ -329,5 +398,47 @@ mod tests {
         assert_eq!(resolve_user("web:staff", passwd, group), Ok((1000, 50)));
         assert_eq!(resolve_user("5:7", passwd, group), Ok((5, 7)));
         assert!(resolve_user("nobody-here", passwd, group).is_err());
+    }
+
+    #[test]
+    fn services_give_docker_link_variables_visible_to_references() {
+        let svc = |ns: &str, name: &str, ip: &str| {
+            std::sync::Arc::new(
+                serde_json::from_value::<Service>(json!({
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+                }))
+                .expect("service"),
+            )
+        };
+        let services = [
+            svc("default", "kubernetes", "10.43.0.1"),
+            svc("shop", "web-front", "10.43.0.7"),
+            svc("shop", "headless", "None"),
+            svc("other", "db", "10.43.0.9"),
+        ];
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"containers": [{"name": "c", "image": "i", "args": ["$(WEB_FRONT_SERVICE_HOST)"]}]}}))
+            .expect("pod");
+        let env = service_env(&p, &services);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("WEB_FRONT_SERVICE_HOST"), Some("10.43.0.7"));
+        assert_eq!(get("WEB_FRONT_SERVICE_PORT"), Some("80"));
+        assert_eq!(get("WEB_FRONT_SERVICE_PORT_HTTP"), Some("80"));
+        assert_eq!(get("WEB_FRONT_PORT"), Some("tcp://10.43.0.7:80"));
+        assert_eq!(get("WEB_FRONT_PORT_80_TCP_ADDR"), Some("10.43.0.7"));
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+        assert_eq!(get("DB_SERVICE_HOST"), None, "another namespace");
+        assert_eq!(get("HEADLESS_SERVICE_HOST"), None, "no cluster IP");
+        let c = p.spec.as_ref().expect("spec").containers[0].clone();
+        let proc = process(&p, &c, &image(), &env).expect("process");
+        assert_eq!(proc.args.last().map(String::as_str), Some("10.43.0.7"));
+        let mut no_links = p.clone();
+        no_links.spec.as_mut().expect("spec").enable_service_links = Some(false);
+        let env = service_env(&no_links, &services);
+        assert!(
+            env.iter().all(|(n, _)| n.starts_with("KUBERNETES_")),
+            "{env:?}"
+        );
     }
 }

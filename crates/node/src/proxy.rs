@@ -23,18 +23,50 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long changes are gathered before a sync.
 const GATHER: Duration = Duration::from_millis(10);
 
-/// Runs the proxy of node `node_name` until the watches end.
-pub async fn run(client: kube::Client, node_name: String, mut proxy: Proxy) -> anyhow::Result<()> {
+/// The node's cluster DNS: where it listens (the pod network's gateway, port 53), and the
+/// server. Traffic to the `kube-dns` Service goes there, so each node answers its own pods.
+pub struct NodeDns {
+    /// The address pods reach it at.
+    pub addr: std::net::SocketAddr,
+    /// The server.
+    pub server: Arc<network::dns::Dns>,
+}
+
+/// Runs the proxy and cluster DNS of node `node_name` until the watches end.
+pub async fn run(
+    client: kube::Client,
+    services: (Store<Service>, reflector::store::Writer<Service>),
+    node_name: String,
+    mut proxy: Proxy,
+    dns: NodeDns,
+) -> anyhow::Result<()> {
     Proxy::prepare_node()?;
+    let serve_dns = dns.server.clone().serve(dns.addr);
     let changed = Arc::new(Notify::new());
-    let (services, services_task) = watch::<Service>(&client, changed.clone());
-    let (slices, slices_task) = watch::<EndpointSlice>(&client, changed.clone());
+    let (services, services_task) = watch(&client, services, changed.clone());
+    let (slices, slices_task) =
+        watch::<EndpointSlice>(&client, reflector::store(), changed.clone());
     let sync = async {
         services.wait_until_ready().await.ok();
         slices.wait_until_ready().await.ok();
         loop {
             tokio::time::sleep(GATHER).await;
-            let ports = service_ports(&services.state(), &slices.state(), &node_name);
+            let (services, slices) = (services.state(), slices.state());
+            dns.server.set_zone(zone(&services, &slices));
+            let mut ports = service_ports(&services, &slices, &node_name);
+            for p in ports
+                .iter_mut()
+                .filter(|p| p.name.starts_with("kube-system/kube-dns/"))
+            {
+                p.endpoints = vec![Endpoint {
+                    ip: match dns.addr.ip() {
+                        std::net::IpAddr::V4(ip) => ip,
+                        std::net::IpAddr::V6(_) => continue,
+                    },
+                    port: dns.addr.port(),
+                    local: true,
+                }];
+            }
             if let Err(e) = proxy.sync(&ports) {
                 tracing::warn!(error = %e, "programming the service rules failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -45,6 +77,7 @@ pub async fn run(client: kube::Client, node_name: String, mut proxy: Proxy) -> a
     };
     tokio::select! {
         () = sync => Ok(()),
+        r = serve_dns => r.map_err(|e| anyhow::anyhow!("cluster DNS on {}: {e}", dns.addr)),
         () = services_task => anyhow::bail!("the service watch ended"),
         () = slices_task => anyhow::bail!("the endpoint slice watch ended"),
     }
@@ -53,7 +86,11 @@ pub async fn run(client: kube::Client, node_name: String, mut proxy: Proxy) -> a
 type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
 
 /// A cache of every `K`, and the task keeping it, which wakes `changed` on each change.
-fn watch<K>(client: &kube::Client, changed: Arc<Notify>) -> Watch<K>
+fn watch<K>(
+    client: &kube::Client,
+    (reader, writer): (Store<K>, reflector::store::Writer<K>),
+    changed: Arc<Notify>,
+) -> Watch<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -63,7 +100,6 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
         watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
@@ -79,21 +115,26 @@ where
     (reader, task)
 }
 
+/// The slices of each Service, by (namespace, name).
+fn by_service(slices: &[Arc<EndpointSlice>]) -> BTreeMap<(String, String), Vec<&EndpointSlice>> {
+    let mut out: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
+            out.entry((s.namespace().unwrap_or_default(), svc.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    out
+}
+
 /// What the kernel rules should say for `services` and their `slices`, seen from `node`.
 pub fn service_ports(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &str,
 ) -> Vec<ServicePort> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
-            by_service
-                .entry((s.namespace().unwrap_or_default(), svc.clone()))
-                .or_default()
-                .push(s);
-        }
-    }
+    let by_service = by_service(slices);
     let mut out = Vec::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
@@ -156,6 +197,52 @@ pub fn service_ports(
         }
     }
     out
+}
+
+/// What the cluster DNS knows of `services`: addresses, ports, and the ready endpoints of
+/// headless ones.
+pub fn zone(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> network::dns::Zone {
+    let by_service = by_service(slices);
+    let mut zone = network::dns::Zone::default();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+        let mut endpoints: Vec<(Option<String>, Ipv4Addr)> = by_service
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| {
+                publish_not_ready || e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+            })
+            .filter_map(|e| Some((e.hostname.clone(), e.addresses.first()?.parse().ok()?)))
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
+        let entry = network::dns::ServiceEntry {
+            cluster_ip: spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            external_name: spec
+                .external_name
+                .clone()
+                .filter(|_| spec.type_.as_deref() == Some("ExternalName")),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.name.clone().unwrap_or_default(),
+                        p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+                        p.port as u16,
+                    )
+                })
+                .collect(),
+            endpoints,
+        };
+        zone.services.insert(key, entry);
+    }
+    zone
 }
 
 /// The endpoints of one Service port: the ready ones, or, when none is, those still serving

@@ -475,11 +475,15 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.host_aliases.clone())
             .unwrap_or_default();
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let cfg = &self.agent.config;
+        let resolv =
+            crate::resolv::resolv_conf(pod, &host_resolv, cfg.cluster_dns, &cfg.cluster_domain);
         let ip = self
             .blocking(move |a| -> anyhow::Result<std::net::Ipv4Addr> {
                 sandbox.create(&hostname)?;
                 let ip = a.network.attach(&uid, &sandbox.net())?;
-                write_etc_files(&pod_dir, &hostname, &ip.to_string(), &aliases)?;
+                write_etc_files(&pod_dir, &hostname, &ip.to_string(), &aliases, &resolv)?;
                 Ok(ip)
             })
             .await?;
@@ -600,7 +604,11 @@ impl Worker {
             self.blocking(move |a| image.config(&a.images)).await
         }
         .map_err(|e| e.to_string())?;
-        let process = crate::process::process(pod, c, &image_config)?;
+        // as kubelet, containers start only once the Services are known, for their variables
+        let services = &self.agent.services;
+        let _ = tokio::time::timeout(Duration::from_secs(10), services.wait_until_ready()).await;
+        let links = crate::process::service_env(pod, &services.state());
+        let process = crate::process::process(pod, c, &image_config, &links)?;
         let (uid, mut gid) = match &process.user {
             None => (0, 0),
             Some(user) => {
@@ -1002,6 +1010,7 @@ fn write_etc_files(
     hostname: &str,
     ip: &str,
     aliases: &[k8s_openapi::api::core::v1::HostAlias],
+    resolv: &str,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(pod_dir)?;
     let mut hosts = format!(
@@ -1019,17 +1028,6 @@ fn write_etc_files(
     }
     std::fs::write(pod_dir.join("etc-hosts"), hosts)?;
     std::fs::write(pod_dir.join("etc-hostname"), format!("{hostname}\n"))?;
-    // The node's resolver configuration, without loopback servers a pod cannot reach.
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let resolv: String = host
-        .lines()
-        .filter(|l| {
-            !l.split_whitespace().nth(1).is_some_and(|ip| {
-                l.starts_with("nameserver") && (ip.starts_with("127.") || ip == "::1")
-            })
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
     std::fs::write(pod_dir.join("resolv.conf"), resolv)
 }
 
