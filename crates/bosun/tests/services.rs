@@ -163,3 +163,72 @@ fn services_get_cluster_ips_and_node_ports_as_upstream() {
         String::from_utf8_lossy(&reuse.stderr)
     );
 }
+
+#[test]
+fn a_pod_failing_readiness_leaves_the_endpoints_and_gets_no_traffic() {
+    let c = Cluster::start_node();
+    for name in ["r1", "r2"] {
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: r}}}}
+spec:
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: [sh, -c, 'mkdir -p /www; hostname > /www/index.html; touch /tmp/ready; exec httpd -f -p 8080 -h /www']
+    readinessProbe:
+      exec: {{command: [cat, /tmp/ready]}}
+      periodSeconds: 1
+"#
+        ));
+    }
+    c.ok(&["create", "service", "clusterip", "r", "--tcp=80:8080"]);
+    c.ok(&["set", "selector", "service", "r", "app=r"]);
+    let ready_ips = || {
+        c.jp("endpoints/r", "{.subsets[*].addresses[*].ip}")
+            .split_whitespace()
+            .count()
+    };
+    assert!(c.wait_for(90, || ready_ips() == 2), "two ready endpoints");
+    let ip = c.jp("service/r", "{.spec.clusterIP}");
+    let get = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "3", &format!("http://{ip}/")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let seen: std::collections::BTreeSet<String> = (0..30).map(|_| get()).collect();
+    assert_eq!(
+        seen,
+        ["r1", "r2"].iter().map(|s| s.to_string()).collect(),
+        "load spread over both pods"
+    );
+
+    c.ok(&["exec", "r1", "--", "rm", "/tmp/ready"]);
+    let r1_ip = c.jp("pod/r1", "{.status.podIP}");
+    assert!(
+        c.wait_for(30, || c
+            .jp("endpoints/r", "{.subsets[*].notReadyAddresses[*].ip}")
+            == r1_ip),
+        "r1 moves to notReadyAddresses"
+    );
+    assert_eq!(
+        c.jp(
+            "endpointslices",
+            "{.items[?(@.metadata.labels.kubernetes\\.io/service-name==\"r\")].endpoints[?(@.targetRef.name==\"r1\")].conditions.ready}"
+        ),
+        "false"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..20 {
+        assert_eq!(get(), "r2", "traffic only to the ready pod");
+    }
+    c.ok(&["exec", "r1", "--", "touch", "/tmp/ready"]);
+    assert!(
+        c.wait_for(30, || ready_ips() == 2),
+        "r1 back in the endpoints"
+    );
+}
