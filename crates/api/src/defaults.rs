@@ -284,6 +284,13 @@ fn service_spec(spec: &mut Map<String, Value>) {
     if kind == "LoadBalancer" {
         default(spec, "allocateLoadBalancerNodePorts", json!(true));
     }
+    if spec.get("sessionAffinity") == Some(&json!("ClientIP")) {
+        default(
+            spec,
+            "sessionAffinityConfig",
+            json!({"clientIP": {"timeoutSeconds": 10800}}),
+        );
+    }
     each_item(spec, "ports", |p| {
         default(p, "protocol", json!("TCP"));
         if let Some(port) = p.get("port").cloned() {

@@ -232,3 +232,101 @@ spec:
         "r1 back in the endpoints"
     );
 }
+
+#[test]
+fn load_balancers_and_node_ports_answer_on_the_node_and_localhost() {
+    let c = Cluster::start_node();
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www",
+    ]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    c.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name=web-lb",
+        "--type=LoadBalancer",
+        "--port=8088",
+        "--target-port=8080",
+    ]);
+    let node_ip = c.jp(
+        "nodes",
+        "{.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+    );
+    assert!(
+        c.wait_for(30, || c
+            .jp("service/web-lb", "{.status.loadBalancer.ingress[0].ip}")
+            == node_ip),
+        "the load balancer gets the node's address"
+    );
+    let row = c.ok(&["get", "service", "web-lb", "--no-headers"]);
+    assert!(row.contains(&node_ip), "EXTERNAL-IP column: {row}");
+    let np = c.jp("service/web-lb", "{.spec.ports[0].nodePort}");
+    let answers = |url: String| {
+        c.wait_for(20, || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--max-time", "2", &url])
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).starts_with("web-")
+        })
+    };
+    for url in [
+        format!("http://127.0.0.1:8088/"),
+        format!("http://{node_ip}:8088/"),
+        format!("http://127.0.0.1:{np}/"),
+        format!("http://{node_ip}:{np}/"),
+    ] {
+        assert!(answers(url.clone()), "{url} answers");
+    }
+    // a type change takes the addresses away
+    c.ok(&[
+        "patch",
+        "service",
+        "web-lb",
+        "-p",
+        "{\"spec\":{\"type\":\"ClusterIP\"}}",
+    ]);
+    assert!(
+        c.wait_for(30, || c
+            .jp("service/web-lb", "{.status.loadBalancer.ingress}")
+            .is_empty()),
+        "addresses gone with the type"
+    );
+
+    // ClientIP affinity keeps a client on one pod
+    c.ok(&[
+        "patch",
+        "service",
+        "web-lb",
+        "-p",
+        "{\"spec\":{\"sessionAffinity\":\"ClientIP\"}}",
+    ]);
+    assert_eq!(
+        c.jp(
+            "service/web-lb",
+            "{.spec.sessionAffinityConfig.clientIP.timeoutSeconds}"
+        ),
+        "10800"
+    );
+    let ip = c.jp("service/web-lb", "{.spec.clusterIP}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let seen: std::collections::BTreeSet<String> = (0..15)
+        .map(|_| {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--max-time", "2", &format!("http://{ip}:8088/")])
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(seen.len(), 1, "one pod for one client: {seen:?}");
+}

@@ -185,8 +185,12 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     let informer = &ctx.informers.pods;
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
     let mut in_use = Vec::new();
+    // Nodes whose daemon pod is still terminating: as upstream's, without surge the
+    // replacement waits until it is gone.
+    let mut terminating = std::collections::BTreeSet::new();
     for pod in informer.indexed(&pods::controlled_by(&uid)) {
         if pod.metadata.deletion_timestamp.is_some() {
+            terminating.extend(node_of(&pod));
             continue;
         }
         in_use.extend(hash_of(&pod).map(String::from));
@@ -232,7 +236,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
             status.desired_number_scheduled += 1;
             if live.is_empty() {
                 // While a creation is not yet in the cache, its node is not known: wait.
-                if outstanding.creates.is_empty() {
+                if outstanding.creates.is_empty() && !terminating.contains(&name) {
                     create.push(name.clone());
                 }
                 unavailable += 1;

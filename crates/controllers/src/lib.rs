@@ -14,6 +14,7 @@
 //! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
 //! - [`endpoints`]: Services' Endpoints and EndpointSlices from the pods they select, and
 //!   user-written Endpoints mirrored into slices.
+//! - [`service_lb`]: LoadBalancer Services get the nodes' addresses, as k3s's servicelb.
 //! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
 //! - [`cleanup`]: events expire after an hour; finished pods beyond 12,500 go.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
@@ -44,6 +45,7 @@ pub mod replicaset;
 pub mod revisions;
 pub mod rollout;
 pub mod root_ca;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 
@@ -221,6 +223,7 @@ pub fn start(
                 _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
                 _ = disruption::run(ctx.clone()) => "disruption",
                 _ = endpoints::run(ctx.clone()) => "endpoints",
+                _ = service_lb::run(ctx.clone()) => "service-lb",
                 _ = cleanup::run(ctx.clone()) => "cleanup",
                 _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
             }

@@ -96,6 +96,8 @@ pub struct Proxy {
     chains: BTreeMap<String, String>,
     sets: BTreeSet<String>,
     synced: bool,
+    /// The UDP Service ports of the last sync: their addresses, port and endpoints.
+    udp: BTreeMap<String, (Vec<Ipv4Addr>, u16, Vec<Endpoint>)>,
 }
 
 impl Proxy {
@@ -108,6 +110,7 @@ impl Proxy {
             chains: BTreeMap::new(),
             sets: BTreeSet::new(),
             synced: false,
+            udp: BTreeMap::new(),
         }
     }
 
@@ -139,6 +142,19 @@ impl Proxy {
         self.chains = chains;
         self.sets = sets;
         self.synced = true;
+        let udp: BTreeMap<String, (Vec<Ipv4Addr>, u16, Vec<Endpoint>)> = ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .map(|p| {
+                let mut addrs = p.cluster_ips.clone();
+                addrs.extend(&p.external_ips);
+                (p.name.clone(), (addrs, p.port, p.endpoints.clone()))
+            })
+            .collect();
+        for args in stale_udp_flows(&self.udp, &udp) {
+            forget_flows(&args);
+        }
+        self.udp = udp;
         Ok(())
     }
 
@@ -431,6 +447,70 @@ fn chain_id(sp: &ServicePort) -> String {
     format!("{h:08x}-{readable}")
 }
 
+/// The conntrack deletions a change of UDP endpoints needs, as kube-proxy makes them: UDP has
+/// no connection to end, so a flow keeps the NAT (or the lack of it) of its first packet. Flows
+/// to a port that had no endpoint were never translated, and flows to an endpoint that went
+/// would go nowhere; both are forgotten so that their next packet is translated anew.
+fn stale_udp_flows(
+    before: &BTreeMap<String, (Vec<Ipv4Addr>, u16, Vec<Endpoint>)>,
+    after: &BTreeMap<String, (Vec<Ipv4Addr>, u16, Vec<Endpoint>)>,
+) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (name, (addrs, port, endpoints)) in after {
+        let old = before
+            .get(name)
+            .map(|(_, _, e)| e.as_slice())
+            .unwrap_or(&[]);
+        if old.is_empty() && !endpoints.is_empty() {
+            for a in addrs {
+                out.push(vec![
+                    "-p".into(),
+                    "udp".into(),
+                    "--orig-dst".into(),
+                    a.to_string(),
+                    "--orig-port-dst".into(),
+                    port.to_string(),
+                ]);
+            }
+        }
+    }
+    for (name, (addrs, _, endpoints)) in before {
+        let now = after.get(name).map(|(_, _, e)| e.as_slice()).unwrap_or(&[]);
+        for gone in endpoints
+            .iter()
+            .filter(|e| !now.iter().any(|n| n.ip == e.ip))
+        {
+            for a in addrs {
+                out.push(vec![
+                    "-p".into(),
+                    "udp".into(),
+                    "--orig-dst".into(),
+                    a.to_string(),
+                    "--dst-nat".into(),
+                    gone.ip.to_string(),
+                ]);
+            }
+        }
+    }
+    out
+}
+
+/// Deletes conntrack entries (`conntrack -D ARGS`); without the conntrack tool, says so once.
+fn forget_flows(args: &[String]) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let run = Command::new("conntrack")
+        .arg("-D")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if let Err(e) = run {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot run conntrack (install conntrack): stale UDP flows to Services stay until they time out");
+        });
+    }
+}
+
 /// Runs `nft -f -` with `script`.
 fn nft(script: &str) -> io::Result<()> {
     let mut child = Command::new("nft")
@@ -563,5 +643,27 @@ mod tests {
         assert!(text.contains("update @affinity10800-sep-"), "{text}");
         assert!(text.contains("timeout 10800s }"), "{text}");
         assert!(text.contains("ip saddr @affinity10800-sep-"), "{text}");
+    }
+
+    #[test]
+    fn udp_flows_are_forgotten_when_endpoints_come_or_go() {
+        let entry = |eps: Vec<Endpoint>| {
+            let mut m = BTreeMap::new();
+            m.insert(
+                "kube-system/dns/dns".to_string(),
+                (vec![Ipv4Addr::new(10, 43, 0, 10)], 53, eps),
+            );
+            m
+        };
+        let none = entry(vec![]);
+        let one = entry(vec![ep(2, true)]);
+        let other = entry(vec![ep(3, true)]);
+        assert!(stale_udp_flows(&one, &one).is_empty());
+        let came = stale_udp_flows(&none, &one);
+        assert_eq!(came.len(), 1);
+        assert!(came[0].contains(&"--orig-port-dst".to_string()), "{came:?}");
+        let moved = stale_udp_flows(&one, &other);
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].contains(&"10.42.0.2".to_string()), "{moved:?}");
     }
 }

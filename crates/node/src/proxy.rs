@@ -159,13 +159,21 @@ pub fn service_ports(
             .flatten()
             .filter_map(|ip| ip.parse().ok())
             .collect();
-        external_ips.extend(
-            svc.status
-                .iter()
-                .filter_map(|s| s.load_balancer.as_ref())
-                .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter_map(|i| i.ip.as_ref()?.parse::<Ipv4Addr>().ok()),
-        );
+        let balanced: Vec<Ipv4Addr> = svc
+            .status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_ref()?.parse::<Ipv4Addr>().ok())
+            .collect();
+        if !balanced.is_empty() {
+            // a load balancer of the node's own serves on localhost too, as servicelb's host
+            // ports do
+            external_ips.push(Ipv4Addr::LOCALHOST);
+        }
+        external_ips.extend(balanced);
+        external_ips.sort();
+        external_ips.dedup();
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let slices = by_service

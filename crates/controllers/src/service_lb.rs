@@ -1,0 +1,145 @@
+//! Load balancers on bare metal, the way k3s's servicelb gives them: a Service of type
+//! LoadBalancer (without a `loadBalancerClass` of someone else's) gets the addresses of the
+//! Ready nodes as its `status.loadBalancer.ingress`, and every node's proxy serves the Service's
+//! ports there. A Service that stops being a LoadBalancer loses them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::{Context, Result, drive, retry};
+
+/// Runs the controller.
+pub async fn run(ctx: Arc<Context>) {
+    let inf = &ctx.informers;
+    let services = inf.services.store();
+    let stream = Controller::for_shared_stream(inf.services.subscribe(), inf.services.store())
+        .watches_shared_stream(inf.nodes.subscribe(), move |_: Arc<Node>| {
+            // a node coming or going changes every load balancer's addresses
+            services
+                .state()
+                .into_iter()
+                .filter(|s| is_ours(s))
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile, retry, ctx);
+    drive("service-lb", stream).await;
+}
+
+/// Whether the Service is a LoadBalancer this controller serves.
+fn is_ours(svc: &Service) -> bool {
+    let spec = svc.spec.as_ref();
+    spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+        && spec
+            .and_then(|s| s.load_balancer_class.as_deref())
+            .is_none()
+}
+
+/// The addresses load balancers get: the InternalIPs of the Ready nodes, sorted.
+pub fn node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
+    let mut ips: Vec<String> = nodes
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .flat_map(|n| {
+            n.status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone())
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
+    let current = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.clone())
+        .unwrap_or_default();
+    let wanted = if is_ours(&svc) {
+        let ingress: Vec<LoadBalancerIngress> = node_addresses(&ctx.informers.nodes.objects())
+            .into_iter()
+            .map(|ip| LoadBalancerIngress {
+                ip: Some(ip),
+                ip_mode: Some("VIP".into()),
+                ..Default::default()
+            })
+            .collect();
+        LoadBalancerStatus {
+            ingress: (!ingress.is_empty()).then_some(ingress),
+        }
+    } else if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        LoadBalancerStatus::default()
+    } else {
+        return Ok(Action::await_change()); // someone else's class
+    };
+    let same =
+        current.ingress.clone().unwrap_or_default() == wanted.ingress.clone().unwrap_or_default();
+    if !same {
+        let api: Api<Service> =
+            Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+        let patch = json!({"status": {"loadBalancer": {"ingress": wanted.ingress}}});
+        api.patch_status(
+            &svc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(ip: &str, ready: bool) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": ip},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": "h"}],
+                    "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}],
+                }
+            }))
+            .expect("node"),
+        )
+    }
+
+    #[test]
+    fn load_balancers_get_the_ready_nodes_addresses() {
+        let nodes = [
+            node("10.0.0.2", true),
+            node("10.0.0.1", true),
+            node("10.0.0.3", false),
+        ];
+        assert_eq!(node_addresses(&nodes), ["10.0.0.1", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn only_classless_load_balancers_are_ours() {
+        let svc = |spec: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": "s"}, "spec": spec})).expect("svc")
+        };
+        assert!(is_ours(&svc(json!({"type": "LoadBalancer"}))));
+        assert!(!is_ours(&svc(
+            json!({"type": "LoadBalancer", "loadBalancerClass": "example.com/lb"})
+        )));
+        assert!(!is_ours(&svc(json!({"type": "NodePort"}))));
+    }
+}
