@@ -280,7 +280,7 @@ fn load_balancers_and_node_ports_answer_on_the_node_and_localhost() {
         })
     };
     for url in [
-        format!("http://127.0.0.1:8088/"),
+        "http://127.0.0.1:8088/".to_string(),
         format!("http://{node_ip}:8088/"),
         format!("http://127.0.0.1:{np}/"),
         format!("http://{node_ip}:{np}/"),
