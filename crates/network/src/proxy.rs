@@ -118,11 +118,20 @@ impl Proxy {
     /// nftables (so that replies between pods on the bridge are un-NATed), and DNAT of
     /// 127.0.0.1 (node ports on localhost).
     pub fn prepare_node() -> io::Result<()> {
+        let bridge_nf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        if !std::path::Path::new(bridge_nf).exists() {
+            // the switch comes with the br_netfilter module; load it when it is not
+            let _ = Command::new("modprobe")
+                .arg("br_netfilter")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         for (path, what) in [
             ("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding"),
             (
-                "/proc/sys/net/bridge/bridge-nf-call-iptables",
-                "bridged traffic through netfilter (br_netfilter)",
+                bridge_nf,
+                "bridged traffic through netfilter (modprobe br_netfilter)",
             ),
             (
                 "/proc/sys/net/ipv4/conf/all/route_localnet",
