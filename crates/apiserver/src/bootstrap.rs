@@ -484,6 +484,13 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
                     &["endpointslices"],
                     &["get", "list", "watch"],
                 ),
+                // NetworkPolicy enforcement reads the policies and the namespaces' labels
+                rule(
+                    &["networking.k8s.io"],
+                    &["networkpolicies"],
+                    &["get", "list", "watch"],
+                ),
+                rule(&[""], &["namespaces"], &["get", "list", "watch"]),
                 rule(
                     &[""],
                     &[

@@ -316,8 +316,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     .await;
     if agent_ran {
         // the Service rules go with the agent; pods and their network stay for the next start
-        if let Err(e) = network::proxy::cleanup() {
-            eprintln!("cannot remove the service rules: {e}");
+        if let Err(e) = network::proxy::cleanup().and_then(|()| network::policy::cleanup()) {
+            eprintln!("cannot remove the service and policy rules: {e}");
         }
     }
     outcome

@@ -330,3 +330,81 @@ fn load_balancers_and_node_ports_answer_on_the_node_and_localhost() {
         .collect();
     assert_eq!(seen.len(), 1, "one pod for one client: {seen:?}");
 }
+
+#[test]
+fn network_policies_deny_and_allow() {
+    let c = Cluster::start_node();
+    let pod = |name: &str, command: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec:\n  containers:\n  - {{name: c, image: busybox:1.36, command: [sh, -c, '{command}']}}\n"
+        )
+    };
+    c.apply(&pod(
+        "db",
+        "mkdir -p /www; echo db > /www/index.html; exec httpd -f -p 8080 -h /www",
+    ));
+    c.apply(&pod("web", "exec sleep 3600"));
+    c.apply(&pod("other", "exec sleep 3600"));
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/db",
+        "pod/web",
+        "pod/other",
+        "--timeout=90s",
+    ]);
+    let db = c.jp("pod/db", "{.status.podIP}");
+    let reaches = |from: &str| {
+        c.kubectl(&[
+            "exec",
+            from,
+            "--",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            &format!("http://{db}:8080/"),
+        ])
+        .stdout
+        .starts_with(b"db")
+    };
+    assert!(reaches("web") && reaches("other"), "open before any policy");
+
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-deny}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n",
+    );
+    assert!(c.wait_for(10, || !reaches("web")), "deny-all shuts web out");
+    assert!(!reaches("other"), "deny-all shuts other out");
+    // the node itself still reaches the pod (as kubelet's probes must)
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "3", &format!("http://{db}:8080/")])
+        .output()
+        .expect("curl");
+    assert!(out.stdout.starts_with(b"db"), "the node reaches the pod");
+
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-from-web}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n",
+    );
+    assert!(c.wait_for(10, || reaches("web")), "web allowed");
+    assert!(!reaches("other"), "other still denied");
+    // egress: web may only talk to an unrelated block now
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-out}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  egress:\n  - to: [{ipBlock: {cidr: 10.255.0.0/16}}]\n",
+    );
+    assert!(
+        c.wait_for(10, || !reaches("web")),
+        "egress isolation stops web"
+    );
+    c.ok(&[
+        "delete",
+        "networkpolicy",
+        "db-deny",
+        "db-from-web",
+        "web-out",
+    ]);
+    assert!(
+        c.wait_for(10, || reaches("other")),
+        "open again without policies"
+    );
+    assert!(reaches("web"), "web open again");
+}

@@ -521,7 +521,7 @@ fn forget_flows(args: &[String]) {
 }
 
 /// Runs `nft -f -` with `script`.
-fn nft(script: &str) -> io::Result<()> {
+pub(crate) fn nft(script: &str) -> io::Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

@@ -8,7 +8,7 @@
 //! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]), attaches to them ([`attach`]) and forwards ports to them ([`portforward`],
 //! over [`spdy`]) for the API server. [`proxy`] keeps the node's Service rules in step with
-//! Services and their endpoints.
+//! Services and their endpoints, [`policy`] its pods' NetworkPolicy rules with the policies.
 //!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
@@ -21,6 +21,7 @@ pub mod handler;
 pub mod images;
 pub mod logs;
 pub mod pods;
+pub mod policy;
 pub mod portforward;
 pub mod probes;
 pub mod process;
@@ -171,6 +172,9 @@ impl Agent {
             _ = beat.heartbeat() => anyhow::bail!("the node heartbeat stopped"),
             r = pods::run(self.clone()) => r,
             r = proxy => r.map_err(|e| e.context("the service proxy stopped")),
+            r = policy::run(self.client.clone(), self.config.node_name.clone()) => {
+                r.map_err(|e| e.context("the network policy enforcement stopped"))
+            }
             r = api => r,
         }
     }
