@@ -9,25 +9,24 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector;
 use network::policy::{Peer, PodPolicy, Port, Rule};
 use network::proxy::Protocol;
 use tokio::sync::Notify;
 
+use crate::proxy::watch;
+
 /// Runs the policy enforcement of node `node` until a watch ends.
 pub async fn run(client: kube::Client, node: String) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
-    let (policies, p_task) = watch::<NetworkPolicy>(&client, changed.clone());
-    let (namespaces, n_task) = watch::<Namespace>(&client, changed.clone());
-    let (pods, pod_task) = watch::<Pod>(&client, changed.clone());
+    let (policies, p_task) = watch::<NetworkPolicy>(&client, reflector::store(), changed.clone());
+    let (namespaces, n_task) = watch::<Namespace>(&client, reflector::store(), changed.clone());
+    let (pods, pod_task) = watch::<Pod>(&client, reflector::store(), changed.clone());
     let mut last: Option<Vec<PodPolicy>> = None;
     let sync = async {
         let _ = policies.wait_until_ready().await;
@@ -55,33 +54,6 @@ pub async fn run(client: kube::Client, node: String) -> anyhow::Result<()> {
         () = n_task => anyhow::bail!("the namespace watch ended"),
         () = pod_task => anyhow::bail!("the pod watch ended"),
     }
-}
-
-type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
-
-fn watch<K>(client: &kube::Client, changed: Arc<Notify>) -> Watch<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff();
-    let task = Box::pin(async move {
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {
-            changed.notify_one();
-        }
-    });
-    (reader, task)
 }
 
 fn selects(sel: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {

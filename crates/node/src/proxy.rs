@@ -83,10 +83,12 @@ pub async fn run(
     }
 }
 
-type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
+/// A cache and the task that keeps it.
+pub(crate) type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
 
-/// A cache of every `K`, and the task keeping it, which wakes `changed` on each change.
-fn watch<K>(
+/// A cache of every `K` (filled through `writer`), and the task keeping it, which wakes
+/// `changed` on each change.
+pub(crate) fn watch<K>(
     client: &kube::Client,
     (reader, writer): (Store<K>, reflector::store::Writer<K>),
     changed: Arc<Notify>,
