@@ -1,6 +1,7 @@
 //! Admission: the checks and changes between decoding and storing that depend on other objects.
 //! Today: NamespaceLifecycle (no new content in missing or terminating namespaces; the default
-//! namespaces cannot be deleted), ServiceAccount (pods run as `default` unless told),
+//! namespaces cannot be deleted), ServiceAccount (pods run as an existing account, `default`
+//! unless told, and mount its token unless automounting is off),
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
 //! the global default one), LimitRanger (`crate::limit_range`), and the requester recorded in
@@ -35,18 +36,105 @@ pub async fn admit_create(
     if rt.group.is_empty() && rt.kind == "Pod" {
         let root = meta::ensure_object(obj);
         let spec = meta::ensure_object(root.entry("spec").or_insert_with(|| json!({})));
-        let sa = spec
-            .get("serviceAccountName")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default")
-            .to_string();
-        spec.insert("serviceAccountName".into(), json!(sa));
-        spec.entry("serviceAccount").or_insert(json!(sa));
         spec.entry("enableServiceLinks").or_insert(json!(true));
         default_toleration_seconds(spec);
+        service_account(state, obj).await?;
         priority(state, obj).await?;
         crate::limit_range::admit_pod(state, obj).await?;
+    }
+    Ok(())
+}
+
+/// Where the service account token volume is mounted.
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Upstream's ServiceAccount admission: the pod runs as its service account (`default` unless
+/// named), which must exist, and, unless the pod or the account turn automounting off, every
+/// container mounts a `kube-api-access-*` projected volume with a bound token, the cluster CA
+/// and the namespace.
+async fn service_account(state: &State, pod: &mut Value) -> Result<()> {
+    let spec = &mut pod["spec"];
+    let name = spec["serviceAccountName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| spec["serviceAccount"].as_str().filter(|s| !s.is_empty()))
+        .unwrap_or("default")
+        .to_string();
+    spec["serviceAccountName"] = json!(name);
+    spec["serviceAccount"] = json!(name);
+    let ns = meta::namespace(pod).to_string();
+    let rt = registry()
+        .find("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
+    // The `default` account of a new namespace may be a moment away.
+    let mut tries = 0;
+    let account = loop {
+        match state.storage.get(rt, &ns, &name).await {
+            Ok((sa, _)) => break sa,
+            Err(e) if e.code == 404 && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let why = if e.code == 404 {
+                    format!("serviceaccount {name:?} not found")
+                } else {
+                    e.message
+                };
+                return Err(ApiError::forbidden(format!(
+                    "pods {:?} is forbidden: error looking up service account {ns}/{name}: {why}",
+                    meta::name(pod),
+                )));
+            }
+        }
+    };
+    let spec = &mut pod["spec"];
+    let automount = spec["automountServiceAccountToken"]
+        .as_bool()
+        .or_else(|| account["automountServiceAccountToken"].as_bool())
+        .unwrap_or(true);
+    if !automount {
+        return Ok(());
+    }
+    let existing = spec["volumes"].as_array().and_then(|vs| {
+        vs.iter()
+            .filter_map(|v| v["name"].as_str())
+            .find(|n| n.starts_with("kube-api-access-"))
+            .map(str::to_string)
+    });
+    let volume = existing
+        .clone()
+        .unwrap_or_else(|| format!("kube-api-access-{}", crate::rest::write::random_suffix()));
+    let mut needed = false;
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            let mounts = meta::ensure_object(c)
+                .entry("volumeMounts")
+                .or_insert_with(|| json!([]));
+            let Some(mounts) = mounts.as_array_mut() else {
+                continue;
+            };
+            if !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
+                mounts
+                    .push(json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}));
+                needed = true;
+            }
+        }
+    }
+    if needed && existing.is_none() {
+        let volumes = meta::ensure_object(spec)
+            .entry("volumes")
+            .or_insert_with(|| json!([]));
+        if let Some(volumes) = volumes.as_array_mut() {
+            volumes.push(json!({"name": volume, "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+                ]
+            }}));
+        }
     }
     Ok(())
 }

@@ -101,18 +101,21 @@ pub async fn from_bearer(state: &crate::State, token: &str) -> Option<UserInfo> 
     from_token(state, token).await
 }
 
-/// The user of a service account token, if the token verifies and its service account still
-/// exists (with the same uid).
+/// The user of a service account token, if the token verifies and its service account (and
+/// the pod it is bound to, if any) still exists with the same uid.
 pub async fn from_token(state: &crate::State, token: &str) -> Option<UserInfo> {
     let claims = state.tokens.verify(token)?;
-    let rt = api::registry().find("", "v1", "serviceaccounts")?;
-    let (sa, _) = state
-        .storage
-        .get(rt, &claims.namespace, &claims.name)
-        .await
-        .ok()?;
-    if api::meta::meta_str(&sa, "uid") != Some(claims.uid.as_str()) {
-        return None;
+    let exists = |resource: &'static str, name: String, uid: String| {
+        let ns = claims.namespace.clone();
+        async move {
+            let rt = api::registry().find("", "v1", resource)?;
+            let (obj, _) = state.storage.get(rt, &ns, &name).await.ok()?;
+            (api::meta::meta_str(&obj, "uid") == Some(uid.as_str())).then_some(())
+        }
+    };
+    exists("serviceaccounts", claims.name.clone(), claims.uid.clone()).await?;
+    if let Some((pod, uid)) = claims.pod.clone() {
+        exists("pods", pod, uid).await?;
     }
     Some(UserInfo {
         name: format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),

@@ -118,12 +118,5 @@ pub async fn start(config: Config) -> Result<Running> {
     bootstrap::system_priority_classes(&storage).await?;
     bootstrap::rbac(&storage).await?;
     let ranges = services::ServiceRanges::new(config.service_cidr, config.node_port_range.clone());
-    services::reconcile_api_service(
-        &storage,
-        &ranges,
-        config.advertise_address,
-        config.bind.port(),
-    )
-    .await?;
     serve::serve(config, storage, ranges).await
 }

@@ -87,6 +87,19 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;
+    if addr.ip().is_loopback() {
+        tracing::warn!(
+            "the API server listens on {addr} only: pods cannot reach it through the kubernetes Service"
+        );
+    }
+    // the `kubernetes` Service leads to the port actually listened on
+    crate::services::reconcile_api_service(
+        &storage,
+        &services,
+        config.advertise_address,
+        addr.port(),
+    )
+    .await?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {

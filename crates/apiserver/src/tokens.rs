@@ -38,6 +38,8 @@ pub struct Claims {
     pub uid: String,
     /// The audiences.
     pub audiences: Vec<String>,
+    /// The pod the token is bound to (name, uid), if any: it is valid only while that pod is.
+    pub pod: Option<(String, String)>,
 }
 
 fn b64(data: &[u8]) -> String {
@@ -65,8 +67,8 @@ impl TokenIssuer {
         Ok(Self { key, public, rng })
     }
 
-    /// Issues a token for a service account, valid for `seconds`; returns it with its expiry
-    /// (unix seconds).
+    /// Issues a token for a service account, valid for `seconds` and bound to `pod` (name, uid)
+    /// if given; returns it with its expiry (unix seconds).
     pub fn issue(
         &self,
         namespace: &str,
@@ -74,11 +76,12 @@ impl TokenIssuer {
         uid: &str,
         audiences: &[String],
         seconds: i64,
+        pod: Option<(&str, &str)>,
     ) -> Result<(String, i64)> {
         let now = chrono::Utc::now().timestamp();
         let exp = now + seconds;
         let header = json!({"alg": "ES256", "typ": "JWT"});
-        let claims = json!({
+        let mut claims = json!({
             "iss": ISSUER,
             "sub": format!("system:serviceaccount:{namespace}:{name}"),
             "aud": audiences,
@@ -88,6 +91,9 @@ impl TokenIssuer {
             "jti": uuid::Uuid::new_v4().to_string(),
             "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}},
         });
+        if let Some((pod, pod_uid)) = pod {
+            claims["kubernetes.io"]["pod"] = json!({"name": pod, "uid": pod_uid});
+        }
         let signing_input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),
@@ -136,6 +142,10 @@ impl TokenIssuer {
             name: k.get("serviceaccount")?.get("name")?.as_str()?.to_string(),
             uid: k.get("serviceaccount")?.get("uid")?.as_str()?.to_string(),
             audiences,
+            pod: k.get("pod").and_then(|p| {
+                let field = |f: &str| p.get(f)?.as_str().map(str::to_string);
+                Some((field("name")?, field("uid")?))
+            }),
         })
     }
 }
@@ -149,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let issuer = TokenIssuer::load_or_create(dir.path()).expect("key");
         let (token, _) = issuer
-            .issue("ns", "reader", "u1", &[ISSUER.to_string()], 600)
+            .issue("ns", "reader", "u1", &[ISSUER.to_string()], 600, None)
             .expect("issue");
         let claims = issuer.verify(&token).expect("valid");
         assert_eq!(
@@ -160,10 +170,18 @@ mod tests {
             ),
             ("ns", "reader", "u1")
         );
+        assert_eq!(claims.pod, None);
+        let (bound, _) = issuer
+            .issue("ns", "reader", "u1", &[], 600, Some(("web-0", "p1")))
+            .expect("issue");
+        let claims = issuer.verify(&bound).expect("valid");
+        assert_eq!(claims.pod, Some(("web-0".into(), "p1".into())));
         let mut forged = token.clone();
         forged.insert(token.len() / 2, 'x');
         assert!(issuer.verify(&forged).is_none());
-        let (expired, _) = issuer.issue("ns", "reader", "u1", &[], -10).expect("issue");
+        let (expired, _) = issuer
+            .issue("ns", "reader", "u1", &[], -10, None)
+            .expect("issue");
         assert!(issuer.verify(&expired).is_none());
         let again = TokenIssuer::load_or_create(dir.path()).expect("reload");
         assert!(again.verify(&token).is_some(), "the key survives restarts");

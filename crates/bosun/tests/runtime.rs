@@ -54,6 +54,7 @@ fn config(node: &Node, name: &str, script: &str) -> ContainerConfig {
         log_path: node.root.join(format!("logs/{name}.log")),
         labels: Default::default(),
         stdin: false,
+        security: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod attach;
 pub mod backoff;
+pub mod cache;
 pub mod events;
 pub mod exec;
 pub mod handler;
@@ -25,13 +26,16 @@ pub mod policy;
 pub mod portforward;
 pub mod probes;
 pub mod process;
+pub mod projection;
 pub mod proxy;
 pub mod registration;
 pub mod resolv;
 pub mod resources;
+pub mod security;
 pub mod server;
 pub mod spdy;
 pub mod status;
+pub mod tokens;
 pub mod volumes;
 pub mod worker;
 
@@ -95,11 +99,8 @@ pub struct Agent {
     pub pods: Mutex<HashMap<(String, String), String>>,
     /// Held while an image is pulled: pulls run one at a time.
     pub pulls: tokio::sync::Mutex<()>,
-    /// Every Service, for the proxy, the cluster DNS and containers' service variables.
-    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
-    /// What fills [`Agent::services`], until the proxy takes it to watch with.
-    services_writer:
-        Mutex<Option<kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Service>>>,
+    /// The Services, ConfigMaps and Secrets its pods consume.
+    pub caches: cache::Caches,
 }
 
 impl Agent {
@@ -111,10 +112,8 @@ impl Agent {
         let network = PodNetwork::open(&config.bridge, config.pod_cidr, &root.join("ipam"))?;
         network.setup_node()?;
         let events = events::Recorder::new(client.clone(), &config.node_name);
-        let (services, services_writer) = kube::runtime::reflector::store();
         Ok(Arc::new(Self {
-            services,
-            services_writer: Mutex::new(Some(services_writer)),
+            caches: cache::Caches::default(),
             host_ip: registration::internal_ip(),
             config,
             client,
@@ -155,15 +154,24 @@ impl Agent {
                 network::dns::Dns::upstreams_from(&host_resolv),
             )),
         };
-        let services = self
-            .services_writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        let writers = self
+            .caches
+            .take_writers()
             .ok_or_else(|| anyhow::anyhow!("the agent runs once"))?;
+        let unheeded = Arc::new(tokio::sync::Notify::new());
+        let (_, config_maps) = cache::watch(
+            &self.client,
+            (self.caches.config_maps.clone(), writers.config_maps),
+            unheeded.clone(),
+        );
+        let (_, secrets) = cache::watch(
+            &self.client,
+            (self.caches.secrets.clone(), writers.secrets),
+            unheeded,
+        );
         let proxy = proxy::run(
             self.client.clone(),
-            (self.services.clone(), services),
+            (self.caches.services.clone(), writers.services),
             self.config.node_name.clone(),
             network::proxy::Proxy::new(self.config.pod_cidr, &self.config.bridge),
             dns,
@@ -176,6 +184,8 @@ impl Agent {
                 r.map_err(|e| e.context("the network policy enforcement stopped"))
             }
             r = api => r,
+            () = config_maps => anyhow::bail!("the configmap watch ended"),
+            () = secrets => anyhow::bail!("the secret watch ended"),
         }
     }
 }

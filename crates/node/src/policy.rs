@@ -19,7 +19,7 @@ use network::policy::{Peer, PodPolicy, Port, Rule};
 use network::proxy::Protocol;
 use tokio::sync::Notify;
 
-use crate::proxy::watch;
+use crate::cache::watch;
 
 /// Runs the policy enforcement of node `node` until a watch ends.
 pub async fn run(client: kube::Client, node: String) -> anyhow::Result<()> {

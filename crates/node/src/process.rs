@@ -3,7 +3,7 @@
 //! image's, then the container's (with `$(VAR)` references to earlier ones expanded, and the
 //! downward API's `fieldRef`); the working directory and user fall back to the image's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use serde_json::Value;
@@ -21,6 +21,8 @@ pub struct Process {
     pub user: Option<String>,
     /// The numeric group from the security context, if set.
     pub group: Option<i64>,
+    /// What was left out, as the events kubelet records say it.
+    pub warnings: Vec<String>,
 }
 
 /// Expands `$(NAME)` references from `vars`; `$$` escapes a `$`; unknown references stay as
@@ -126,6 +128,13 @@ pub fn service_env(pod: &Pod, services: &[std::sync::Arc<Service>]) -> Vec<(Stri
     out
 }
 
+/// A map as the downward API writes one: `key="value"` lines, sorted by key.
+fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    let lines = map.iter().flat_map(|m| m.iter());
+    let lines: Vec<String> = lines.map(|(k, v)| format!("{k}={v:?}")).collect();
+    lines.join("\n")
+}
+
 /// The value of a downward API field path of the pod.
 pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
     let meta = &pod.metadata;
@@ -141,6 +150,8 @@ pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
         "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone(),
         "status.podIP" => pod.status.as_ref()?.pod_ip.clone(),
         "status.hostIP" => pod.status.as_ref()?.host_ip.clone(),
+        "metadata.labels" => Some(format_map(meta.labels.as_ref())),
+        "metadata.annotations" => Some(format_map(meta.annotations.as_ref())),
         _ if path.starts_with("metadata.labels['") => {
             label_or_annotation("metadata.labels['", &meta.labels)
         }
@@ -151,17 +162,113 @@ pub fn field_ref(pod: &Pod, path: &str) -> Option<String> {
     }
 }
 
+/// What a container's environment may refer to besides the pod itself.
+#[derive(Debug, Default, Clone)]
+pub struct EnvSources {
+    /// The Services' variables ([`service_env`]).
+    pub services: Vec<(String, String)>,
+    /// The data of the referred ConfigMaps that exist, by name.
+    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// The data of the referred Secrets that exist, by name, decoded.
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The node's allocatable cpu (millicores) and memory (bytes): the limits of a container
+    /// that sets none, as the downward API reports them.
+    pub node_allocatable: (i64, i64),
+}
+
+/// The names of the ConfigMaps and of the Secrets `container`'s environment refers to.
+pub fn env_references(container: &Container) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut config_maps, mut secrets) = (BTreeSet::new(), BTreeSet::new());
+    for from in container.env_from.iter().flatten() {
+        if let Some(r) = &from.config_map_ref {
+            config_maps.insert(r.name.clone());
+        }
+        if let Some(r) = &from.secret_ref {
+            secrets.insert(r.name.clone());
+        }
+    }
+    for source in container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|v| v.value_from.as_ref())
+    {
+        if let Some(r) = &source.config_map_key_ref {
+            config_maps.insert(r.name.clone());
+        }
+        if let Some(r) = &source.secret_key_ref {
+            secrets.insert(r.name.clone());
+        }
+    }
+    (config_maps, secrets)
+}
+
+/// Whether `name` may be an environment variable's name, as upstream's `IsEnvVarName`.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// The value of a downward API resource field (`limits.cpu`, `requests.memory`...) of
+/// `container`, in units of `divisor`, rounded up as upstream does; an unset limit is the
+/// node's allocatable amount.
+pub fn resource_field(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    node_allocatable: (i64, i64),
+) -> Result<String, String> {
+    let (which, name) = resource
+        .split_once('.')
+        .ok_or_else(|| format!("unsupported container resource : {resource:?}"))?;
+    let r = container.resources.as_ref();
+    let map = match which {
+        "limits" => r.and_then(|r| r.limits.as_ref()),
+        "requests" => r.and_then(|r| r.requests.as_ref()),
+        _ => return Err(format!("unsupported container resource : {resource:?}")),
+    };
+    let quantity = map.and_then(|m| m.get(name)).map(|q| q.0.as_str());
+    let bad = |e: api::quantity::ParseError| format!("{resource}: {e}");
+    let value = match name {
+        "cpu" => {
+            let milli = match quantity {
+                Some(q) => api::quantity::milli(q).map_err(bad)?,
+                None if which == "limits" => node_allocatable.0,
+                None => 0,
+            };
+            let divisor = api::quantity::milli(divisor.unwrap_or("1")).map_err(bad)?;
+            (milli as f64 / divisor.max(1) as f64).ceil() as i64
+        }
+        "memory" | "ephemeral-storage" => {
+            let bytes = match quantity {
+                Some(q) => api::quantity::units(q).map_err(bad)?,
+                None if which == "limits" && name == "memory" => node_allocatable.1,
+                None => 0,
+            };
+            let divisor = api::quantity::units(divisor.unwrap_or("1")).map_err(bad)?;
+            (bytes as f64 / divisor.max(1) as f64).ceil() as i64
+        }
+        _ => return Err(format!("unsupported container resource : {resource:?}")),
+    };
+    Ok(value.to_string())
+}
+
 /// The process of `container` in `pod`, from the image config (the `config` object of an OCI
 /// image config). Errors name what is missing, as CreateContainerConfigError/CreateContainerError
-/// messages do.
+/// messages do; `Process::warnings` says what was left out.
 pub fn process(
     pod: &Pod,
     container: &Container,
     image_config: &Value,
-    service_env: &[(String, String)],
+    sources: &EnvSources,
 ) -> Result<Process, String> {
     let cfg = &image_config["config"];
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env: Vec<(String, String)> = Vec::new();
+    let mut warnings = Vec::new();
     let set = |env: &mut Vec<(String, String)>, name: String, value: String| match env
         .iter_mut()
         .find(|(n, _)| *n == name)
@@ -181,22 +288,73 @@ pub fn process(
             .unwrap_or(hostname);
         set(&mut env, "HOSTNAME".into(), hostname);
     }
-    for (n, v) in service_env {
+    for (n, v) in &sources.services {
         set(&mut env, n.clone(), v.clone());
     }
     // Only the services' and the container's own variables are visible to `$(VAR)` references.
-    let mut own: Vec<(String, String)> = service_env.to_vec();
+    let mut own: Vec<(String, String)> = sources.services.clone();
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or("");
+        let (kind, name, optional, data) = if let Some(r) = &from.config_map_ref {
+            let data = sources.config_maps.get(&r.name);
+            ("configMap", &r.name, r.optional, data)
+        } else if let Some(r) = &from.secret_ref {
+            ("secret", &r.name, r.optional, sources.secrets.get(&r.name))
+        } else {
+            continue;
+        };
+        let Some(data) = data else {
+            if optional == Some(true) {
+                continue;
+            }
+            return Err(format!("{} {name:?} not found", kind.to_lowercase()));
+        };
+        let mut invalid = Vec::new();
+        for (k, v) in data {
+            let k = format!("{prefix}{k}");
+            if !is_env_var_name(&k) {
+                invalid.push(k);
+                continue;
+            }
+            own.push((k.clone(), v.clone()));
+            set(&mut env, k, v.clone());
+        }
+        if !invalid.is_empty() {
+            warnings.push(format!(
+                "Keys [{}] from the EnvFrom {kind} {ns}/{name} were skipped since they are considered invalid environment variable names.",
+                invalid.join(", ")
+            ));
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = if let Some(source) = &var.value_from {
             if let Some(f) = &source.field_ref {
                 field_ref(pod, &f.field_path).ok_or_else(|| {
                     format!("env {}: field {} has no value", var.name, f.field_path)
                 })?
+            } else if let Some(r) = &source.resource_field_ref {
+                let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
+                resource_field(container, &r.resource, divisor, sources.node_allocatable)?
             } else {
-                return Err(format!(
-                    "env {}: this kind of valueFrom is not supported yet",
-                    var.name
-                ));
+                let (kind, name, key, optional, data) = if let Some(r) = &source.config_map_key_ref
+                {
+                    let data = sources.config_maps.get(&r.name);
+                    ("ConfigMap", &r.name, &r.key, r.optional, data)
+                } else if let Some(r) = &source.secret_key_ref {
+                    let data = sources.secrets.get(&r.name);
+                    ("Secret", &r.name, &r.key, r.optional, data)
+                } else {
+                    return Err(format!("env {}: valueFrom names no source", var.name));
+                };
+                let optional = optional == Some(true);
+                match data.map(|d| d.get(key)) {
+                    Some(Some(v)) => v.clone(),
+                    _ if optional => continue,
+                    None => return Err(format!("{} {name:?} not found", kind.to_lowercase())),
+                    Some(None) => {
+                        return Err(format!("couldn't find key {key} in {kind} {ns}/{name}"));
+                    }
+                }
             }
         } else {
             let lookup = |n: &str| {
@@ -262,6 +420,7 @@ pub fn process(
         cwd,
         user,
         group,
+        warnings,
     })
 }
 
@@ -330,24 +489,35 @@ mod tests {
     fn command_and_args_combine_with_the_image_as_kubernetes_defines() {
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
         assert_eq!(
-            process(&p, &c, &image(), &[]).expect("p").args,
+            process(&p, &c, &image(), &EnvSources::default())
+                .expect("p")
+                .args,
             ["/entry", "serve"]
         );
         let (p, c) = pod(json!({"name": "c", "image": "i", "args": ["x"]}));
         assert_eq!(
-            process(&p, &c, &image(), &[]).expect("p").args,
+            process(&p, &c, &image(), &EnvSources::default())
+                .expect("p")
+                .args,
             ["/entry", "x"]
         );
         let (p, c) = pod(json!({"name": "c", "image": "i", "command": ["sh"]}));
-        assert_eq!(process(&p, &c, &image(), &[]).expect("p").args, ["sh"]);
+        assert_eq!(
+            process(&p, &c, &image(), &EnvSources::default())
+                .expect("p")
+                .args,
+            ["sh"]
+        );
         let (p, c) =
             pod(json!({"name": "c", "image": "i", "command": ["sh"], "args": ["-c", "x"]}));
         assert_eq!(
-            process(&p, &c, &image(), &[]).expect("p").args,
+            process(&p, &c, &image(), &EnvSources::default())
+                .expect("p")
+                .args,
             ["sh", "-c", "x"]
         );
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
-        assert!(process(&p, &c, &json!({"config": {}}), &[]).is_err());
+        assert!(process(&p, &c, &json!({"config": {}}), &EnvSources::default()).is_err());
     }
 
     #[test]
@@ -361,7 +531,7 @@ mod tests {
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}
         ]}));
-        let proc = process(&p, &c, &image(), &[]).expect("process");
+        let proc = process(&p, &c, &image(), &EnvSources::default()).expect("process");
         assert_eq!(
             proc.args,
             ["echo", "hello world", "$(GREETING)", "$(MISSING)"]
@@ -377,12 +547,12 @@ mod tests {
     #[test]
     fn working_dir_and_user_fall_back_to_the_image() {
         let (p, c) = pod(json!({"name": "c", "image": "i"}));
-        let proc = process(&p, &c, &image(), &[]).expect("process");
+        let proc = process(&p, &c, &image(), &EnvSources::default()).expect("process");
         assert_eq!(proc.cwd, "/app");
         assert_eq!(proc.user.as_deref(), Some("daemon"));
         let (p, c) = pod(json!({"name": "c", "image": "i", "workingDir": "/w",
             "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}));
-        let proc = process(&p, &c, &image(), &[]).expect("process");
+        let proc = process(&p, &c, &image(), &EnvSources::default()).expect("process");
         assert_eq!(proc.cwd, "/w");
         assert_eq!(proc.user.as_deref(), Some("1000"));
         assert_eq!(proc.group, Some(3000));
@@ -431,7 +601,11 @@ mod tests {
         assert_eq!(get("DB_SERVICE_HOST"), None, "another namespace");
         assert_eq!(get("HEADLESS_SERVICE_HOST"), None, "no cluster IP");
         let c = p.spec.as_ref().expect("spec").containers[0].clone();
-        let proc = process(&p, &c, &image(), &env).expect("process");
+        let sources = EnvSources {
+            services: env,
+            ..Default::default()
+        };
+        let proc = process(&p, &c, &image(), &sources).expect("process");
         assert_eq!(proc.args.last().map(String::as_str), Some("10.43.0.7"));
         let mut no_links = p.clone();
         no_links.spec.as_mut().expect("spec").enable_service_links = Some(false);
@@ -440,5 +614,87 @@ mod tests {
             env.iter().all(|(n, _)| n.starts_with("KUBERNETES_")),
             "{env:?}"
         );
+    }
+
+    #[test]
+    fn config_maps_and_secrets_fill_env_and_env_from() {
+        let (p, c) = pod(json!({"name": "c", "image": "i",
+        "command": ["echo", "$(CM_special.how)", "$(LEVEL)"],
+        "envFrom": [
+            {"configMapRef": {"name": "cfg"}, "prefix": "CM_"},
+            {"secretRef": {"name": "gone", "optional": true}},
+            {"configMapRef": {"name": "odd"}}
+        ],
+        "env": [
+            {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "special.how"}}},
+            {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+            {"name": "MAYBE", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nope", "optional": true}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}}
+        ]}));
+        let mut sources = EnvSources {
+            node_allocatable: (2000, 64 << 20),
+            ..Default::default()
+        };
+        sources.config_maps.insert(
+            "cfg".into(),
+            BTreeMap::from([("special.how".into(), "very".into())]),
+        );
+        sources.config_maps.insert(
+            "odd".into(),
+            BTreeMap::from([("1bad".into(), "x".into()), ("good".into(), "y".into())]),
+        );
+        sources.secrets.insert(
+            "sec".into(),
+            BTreeMap::from([("password".into(), "s3cret".into())]),
+        );
+        let proc = process(&p, &c, &image(), &sources).expect("process");
+        for var in [
+            "CM_special.how=very",
+            "LEVEL=very",
+            "PASS=s3cret",
+            "good=y",
+            "MEM=64",
+        ] {
+            assert!(
+                proc.env.contains(&var.to_string()),
+                "{var} in {:?}",
+                proc.env
+            );
+        }
+        assert!(!proc.env.iter().any(|v| v.starts_with("MAYBE=")));
+        assert_eq!(proc.args, ["echo", "very", "very"]);
+        assert_eq!(
+            proc.warnings,
+            [
+                "Keys [1bad] from the EnvFrom configMap ns/odd were skipped since they are considered invalid environment variable names."
+            ]
+        );
+
+        let (p, c) = pod(json!({"name": "c", "image": "i", "env": [
+            {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "another-param"}}}]}));
+        let err = process(&p, &c, &image(), &sources).expect_err("missing key");
+        assert_eq!(err, "couldn't find key another-param in ConfigMap ns/cfg");
+        let (p, c) =
+            pod(json!({"name": "c", "image": "i", "envFrom": [{"secretRef": {"name": "absent"}}]}));
+        let err = process(&p, &c, &image(), &sources).expect_err("missing secret");
+        assert_eq!(err, "secret \"absent\" not found");
+    }
+
+    #[test]
+    fn resource_fields_round_up_in_their_divisor() {
+        let c: Container = serde_json::from_value(json!({"name": "c", "resources": {
+            "requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}}))
+        .expect("container");
+        let field = |r: &str, d: Option<&str>| resource_field(&c, r, d, (4000, 1 << 30));
+        assert_eq!(field("requests.cpu", None), Ok("1".into()));
+        assert_eq!(field("requests.cpu", Some("1m")), Ok("250".into()));
+        assert_eq!(
+            field("limits.cpu", None),
+            Ok("4".into()),
+            "node allocatable"
+        );
+        assert_eq!(field("requests.memory", Some("1Mi")), Ok("32".into()));
+        assert_eq!(field("limits.memory", None), Ok((64 << 20).to_string()));
+        assert!(field("limits.gpu", None).is_err());
     }
 }

@@ -7,13 +7,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use network::proxy::{Endpoint, Protocol, Proxy, ServicePort};
 use tokio::sync::Notify;
 
@@ -43,9 +40,9 @@ pub async fn run(
     Proxy::prepare_node()?;
     let serve_dns = dns.server.clone().serve(dns.addr);
     let changed = Arc::new(Notify::new());
-    let (services, services_task) = watch(&client, services, changed.clone());
+    let (services, services_task) = crate::cache::watch(&client, services, changed.clone());
     let (slices, slices_task) =
-        watch::<EndpointSlice>(&client, reflector::store(), changed.clone());
+        crate::cache::watch::<EndpointSlice>(&client, reflector::store(), changed.clone());
     let sync = async {
         services.wait_until_ready().await.ok();
         slices.wait_until_ready().await.ok();
@@ -81,40 +78,6 @@ pub async fn run(
         () = services_task => anyhow::bail!("the service watch ended"),
         () = slices_task => anyhow::bail!("the endpoint slice watch ended"),
     }
-}
-
-/// A cache and the task that keeps it.
-pub(crate) type Watch<K> = (Store<K>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
-
-/// A cache of every `K` (filled through `writer`), and the task keeping it, which wakes
-/// `changed` on each change.
-pub(crate) fn watch<K>(
-    client: &kube::Client,
-    (reader, writer): (Store<K>, reflector::store::Writer<K>),
-    changed: Arc<Notify>,
-) -> Watch<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff();
-    let task = Box::pin(async move {
-        let mut stream = std::pin::pin!(stream);
-        // every event (deletions too) has changed the cache by the time it comes out
-        while stream.next().await.is_some() {
-            changed.notify_one();
-        }
-    });
-    (reader, task)
 }
 
 /// The slices of each Service, by (namespace, name).

@@ -40,6 +40,23 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Allocatable memory: capacity less the default hard eviction threshold (100Mi).
+fn allocatable_memory(capacity: u64) -> u64 {
+    capacity.saturating_sub(100 << 20)
+}
+
+/// The node's allocatable cpu (millicores) and memory (bytes).
+pub(crate) fn allocatable_cpu_memory() -> (i64, i64) {
+    let memory = allocatable_memory(memory_bytes());
+    (cpus() as i64 * 1000, memory as i64)
+}
+
 pub(crate) fn memory_bytes() -> u64 {
     read("/proc/meminfo")
         .and_then(|t| {
@@ -246,9 +263,7 @@ impl Agent {
 
     /// The node's status as this machine is now.
     pub fn node_status(&self) -> NodeStatus {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cpus = cpus();
         let mem = memory_bytes();
         let disk = disk_bytes(&self.config.data_dir);
         let capacity = BTreeMap::from([
@@ -266,7 +281,7 @@ impl Agent {
         let mut allocatable = capacity.clone();
         allocatable.insert(
             "memory".into(),
-            quantity(format!("{}Ki", mem.saturating_sub(100 << 20) / 1024)),
+            quantity(format!("{}Ki", allocatable_memory(mem) / 1024)),
         );
         allocatable.insert("ephemeral-storage".into(), quantity(disk / 10 * 9));
         let mut addresses = vec![NodeAddress {

@@ -74,6 +74,10 @@ pub struct Worker {
     pod_ip: Option<String>,
     /// The pod's volumes, once set up.
     volumes: Option<crate::volumes::Volumes>,
+    /// What was last written into each volume of API data, by volume name.
+    projected: HashMap<String, u64>,
+    /// The service account tokens its volumes hold, and when each is to be renewed.
+    tokens: BTreeMap<crate::projection::TokenRequest, (String, DateTime<Utc>)>,
     /// The probes of its running containers.
     probes: crate::probes::Probes,
     /// Containers being killed for a failed probe.
@@ -189,6 +193,8 @@ pub async fn run(
         start_time: Utc::now(),
         pod_ip: None,
         volumes: None,
+        projected: HashMap::new(),
+        tokens: BTreeMap::new(),
         probes: crate::probes::Probes::default(),
         killing: HashSet::new(),
     };
@@ -291,6 +297,14 @@ impl Worker {
             // A pod that has ended stays as it is until it is deleted.
             return Ok(Duration::from_secs(60));
         }
+        if phase.is_none() || phase.as_deref() == Some("Pending") {
+            let forbidden = crate::security::forbidden_sysctls(pod);
+            if let Some(sysctl) = forbidden.first() {
+                let message = format!("forbidden sysctl: {sysctl:?} not allowlisted");
+                self.reject(pod, "SysctlForbidden", &message).await?;
+                return Ok(Duration::from_secs(60));
+            }
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let sandbox_ready = match self.ensure_sandbox(pod).await {
             Ok(()) => true,
@@ -315,7 +329,17 @@ impl Worker {
                 }
             }
         }
-        let volumes = self.volumes.clone();
+        for e in self.project(pod).await {
+            self.agent
+                .events
+                .record(pod, None, Kind::Warning, "FailedMount", &e);
+        }
+        // containers start once every volume has its files
+        let written =
+            spec.volumes.iter().flatten().all(|v| {
+                !crate::projection::is_projection(v) || self.projected.contains_key(&v.name)
+            });
+        let volumes = self.volumes.clone().filter(|_| written);
         let policy = spec
             .restart_policy
             .clone()
@@ -372,6 +396,29 @@ impl Worker {
         } else {
             Duration::from_millis(500)
         })
+    }
+
+    /// Refuses to run the pod, as kubelet's admission does: the pod fails with `reason`.
+    async fn reject(&self, pod: &Pod, reason: &str, message: &str) -> anyhow::Result<()> {
+        self.agent
+            .events
+            .record(pod, None, Kind::Warning, reason, message);
+        let api: Api<Pod> = Api::namespaced(
+            self.agent.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let status = serde_json::json!({"status": {
+            "phase": "Failed",
+            "reason": reason,
+            "message": format!("Pod was rejected: {message}"),
+        }});
+        api.patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Keeps the probes of the running containers going, and kills a container whose liveness
@@ -590,6 +637,116 @@ impl Worker {
         }
     }
 
+    /// Writes the files of the pod's volumes of API data whose contents changed (renewing the
+    /// service account tokens due); returns why any could not be written.
+    async fn project(&mut self, pod: &Pod) -> Vec<String> {
+        let Some(volumes) = self.volumes.clone() else {
+            return Vec::new();
+        };
+        let mut errors = Vec::new();
+        let refs = crate::projection::references(pod);
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let (caches, client) = (&self.agent.caches, &self.agent.client);
+        let mut sources = crate::projection::Sources {
+            node_allocatable: crate::registration::allocatable_cpu_memory(),
+            ..Default::default()
+        };
+        for name in refs.config_maps {
+            match crate::cache::get(&caches.config_maps, client, &ns, &name).await {
+                Ok(Some(cm)) => drop(sources.config_maps.insert(name, cm)),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        for name in refs.secrets {
+            match crate::cache::get(&caches.secrets, client, &ns, &name).await {
+                Ok(Some(s)) => drop(sources.secrets.insert(name, s)),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        let now = Utc::now();
+        self.tokens.retain(|r, _| refs.tokens.contains(r));
+        for request in refs.tokens {
+            let due = self.tokens.get(&request).is_none_or(|(_, at)| *at <= now);
+            if due {
+                match crate::tokens::request(&self.agent.client, pod, &request).await {
+                    Ok(issued) => drop(self.tokens.insert(request.clone(), issued)),
+                    Err(e) => errors.push(format!("failed to fetch token: {e}")),
+                }
+            }
+            if let Some((token, _)) = self.tokens.get(&request) {
+                sources.tokens.insert(request, token.clone());
+            }
+        }
+        let fs_group = crate::volumes::fs_group(pod);
+        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            let Some(dir) = volumes.get(&v.name).map(|d| d.path.clone()) else {
+                continue;
+            };
+            if !crate::projection::is_projection(v) {
+                continue;
+            }
+            let failed =
+                |e: String| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
+            let payload = match crate::projection::payload(pod, v, &sources) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(failed(e));
+                    continue;
+                }
+            };
+            let fingerprint = crate::projection::fingerprint(&payload, fs_group);
+            if self.projected.get(&v.name) == Some(&fingerprint) {
+                continue;
+            }
+            let written = self
+                .blocking(move |_| crate::projection::write(&dir, &payload, fs_group))
+                .await;
+            match written {
+                Ok(()) => drop(self.projected.insert(v.name.clone(), fingerprint)),
+                Err(e) => errors.push(failed(e)),
+            }
+        }
+        errors
+    }
+
+    /// What `c`'s environment refers to: the Services' variables, and the ConfigMaps and
+    /// Secrets it names that exist.
+    async fn env_sources(
+        &self,
+        pod: &Pod,
+        c: &ContainerSpec,
+    ) -> Result<crate::process::EnvSources, String> {
+        let caches = &self.agent.caches;
+        // as kubelet, containers start only once the Services are known, for their variables
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), caches.services.wait_until_ready()).await;
+        let (config_maps, secrets) = crate::process::env_references(c);
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let client = &self.agent.client;
+        let mut sources = crate::process::EnvSources {
+            services: crate::process::service_env(pod, &caches.services.state()),
+            node_allocatable: crate::registration::allocatable_cpu_memory(),
+            ..Default::default()
+        };
+        for name in config_maps {
+            if let Some(cm) = crate::cache::get(&caches.config_maps, client, ns, &name).await? {
+                sources
+                    .config_maps
+                    .insert(name, cm.data.clone().unwrap_or_default());
+            }
+        }
+        for name in secrets {
+            if let Some(secret) = crate::cache::get(&caches.secrets, client, ns, &name).await? {
+                let data = secret.data.iter().flatten();
+                let data = data.map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into()));
+                sources.secrets.insert(name, data.collect());
+            }
+        }
+        Ok(sources)
+    }
+
     async fn container_config(
         &self,
         pod: &Pod,
@@ -605,10 +762,18 @@ impl Worker {
         }
         .map_err(|e| e.to_string())?;
         // as kubelet, containers start only once the Services are known, for their variables
-        let services = &self.agent.services;
-        let _ = tokio::time::timeout(Duration::from_secs(10), services.wait_until_ready()).await;
-        let links = crate::process::service_env(pod, &services.state());
-        let process = crate::process::process(pod, c, &image_config, &links)?;
+        let sources = self.env_sources(pod, c).await?;
+        let process = crate::process::process(pod, c, &image_config, &sources)?;
+        crate::security::verify_non_root(pod, c, process.user.as_deref().unwrap_or_default())?;
+        for warning in &process.warnings {
+            self.agent.events.record(
+                pod,
+                Some(&c.name),
+                Kind::Warning,
+                "InvalidEnvironmentVariableNames",
+                warning,
+            );
+        }
         let (uid, mut gid) = match &process.user {
             None => (0, 0),
             Some(user) => {
@@ -693,6 +858,7 @@ impl Worker {
                 .join(format!("{attempt}.log")),
             labels,
             stdin: c.stdin.unwrap_or(false),
+            security: crate::security::of(pod, c),
         })
     }
 
@@ -815,6 +981,7 @@ impl Worker {
             if let Err(e) = a.network.detach(&uid) {
                 tracing::warn!(error = %e, pod = %uid, "releasing the pod network failed");
             }
+            crate::volumes::unmount_all(&pod_dir);
             let _ = std::fs::remove_dir_all(&pod_dir);
             runtime::cgroups::remove_pod(&uid);
             if let Ok(entries) = std::fs::read_dir(a.root().join("logs")) {

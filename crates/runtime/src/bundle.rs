@@ -1,14 +1,118 @@
 //! The OCI runtime spec (`config.json` of a bundle) for a [`ContainerConfig`]: the defaults of
 //! runc and containerd (namespaces, /proc, /dev, /sys, masked paths, the capabilities containerd
-//! grants), the pod's shared namespaces joined by path, bind mounts, the cgroup path and limits.
+//! grants, only the standard devices), the pod's shared namespaces joined by path, bind mounts,
+//! the cgroup path and limits, and the security settings as containerd applies a CRI security
+//! context (capabilities added and dropped, privileged, read-only root, no_new_privs, groups,
+//! sysctls, host namespaces).
+
+use std::collections::HashSet;
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, UserBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder,
+    Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
-use crate::container::ContainerConfig;
+use crate::container::{ContainerConfig, Security};
+
+/// Every capability the kernels bosun runs on know, by name without the `CAP_` prefix.
+const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability by its Kubernetes name (`NET_ADMIN`, or `CAP_NET_ADMIN`).
+fn capability(name: &str) -> Option<Capability> {
+    let name = name.to_uppercase();
+    let name = name.strip_prefix("CAP_").unwrap_or(&name);
+    serde_json::from_value(serde_json::Value::String(format!("CAP_{name}"))).ok()
+}
+
+/// The capabilities this process holds (its permitted set): every one a container can get.
+fn held_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let held = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let names = ALL_CAPABILITIES.iter().enumerate();
+    names
+        .filter(|(bit, _)| held & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// The capabilities of a container: containerd's default set, less those dropped (all of them
+/// for `ALL`), plus those added (for `ALL` or a privileged container every one the runtime
+/// holds, as containerd grants them).
+pub fn capabilities(security: &Security) -> HashSet<Capability> {
+    let all = || held_capabilities().into_iter().filter_map(capability);
+    let has_all = |list: &[String]| list.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+    if security.privileged || has_all(&security.add_capabilities) {
+        return all().collect();
+    }
+    let mut caps: HashSet<Capability> = if has_all(&security.drop_capabilities) {
+        HashSet::new()
+    } else {
+        let dropped: HashSet<Capability> = security
+            .drop_capabilities
+            .iter()
+            .filter_map(|c| capability(c))
+            .collect();
+        DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| !dropped.contains(c))
+            .collect()
+    };
+    caps.extend(
+        security
+            .add_capabilities
+            .iter()
+            .filter_map(|c| capability(c)),
+    );
+    caps
+}
 
 /// The capabilities containerd grants a container by default.
 const DEFAULT_CAPABILITIES: &[Capability] = &[
@@ -31,12 +135,15 @@ const DEFAULT_CAPABILITIES: &[Capability] = &[
 /// The runtime spec for a container whose root is `rootfs` in its bundle.
 pub fn spec(config: &ContainerConfig) -> Spec {
     let mut spec = Spec::default();
-    let caps: std::collections::HashSet<Capability> =
-        DEFAULT_CAPABILITIES.iter().copied().collect();
+    let security = &config.security;
+    let caps = capabilities(security);
+    // inheritable and ambient stay empty, as containerd leaves them (CVE-2022-24769)
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()
         .ok();
     let cwd = if config.cwd.is_empty() {
@@ -53,11 +160,12 @@ pub fn spec(config: &ContainerConfig) -> Spec {
             UserBuilder::default()
                 .uid(config.uid)
                 .gid(config.gid)
+                .additional_gids(security.additional_gids.clone())
                 .build()
                 .unwrap_or_default(),
         )
         .capabilities(capabilities.unwrap_or_default())
-        .no_new_privileges(false)
+        .no_new_privileges(security.no_new_privileges)
         .build()
         .unwrap_or_default();
     let mut process = process;
@@ -67,12 +175,22 @@ pub fn spec(config: &ContainerConfig) -> Spec {
     spec.set_root(
         RootBuilder::default()
             .path("rootfs")
-            .readonly(false)
+            .readonly(security.read_only_rootfs)
             .build()
             .ok(),
     );
 
     let mut mounts: Vec<OciMount> = spec.mounts().clone().unwrap_or_default();
+    if security.privileged {
+        // /sys as the node has it, writable
+        for m in mounts
+            .iter_mut()
+            .filter(|m| m.destination().to_str() == Some("/sys"))
+        {
+            let options = m.options().clone().unwrap_or_default();
+            m.set_options(Some(options.into_iter().filter(|o| o != "ro").collect()));
+        }
+    }
     for m in &config.mounts {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
         if m.read_only {
@@ -97,6 +215,11 @@ pub fn spec(config: &ContainerConfig) -> Spec {
             .clone()
             .unwrap_or_default()
             .into_iter()
+            .filter(|ns| match ns.typ() {
+                LinuxNamespaceType::Ipc => !security.host_ipc,
+                LinuxNamespaceType::Pid => !security.host_pid,
+                _ => true,
+            })
             .map(|mut ns| {
                 let path = match ns.typ() {
                     LinuxNamespaceType::Network => shared.network.clone(),
@@ -133,7 +256,23 @@ pub fn spec(config: &ContainerConfig) -> Spec {
         if let Ok(cpu) = cpu.build() {
             resources = resources.cpu(cpu);
         }
+        // only the standard devices (which the runtime always allows), unless privileged
+        let devices = LinuxDeviceCgroupBuilder::default()
+            .allow(security.privileged)
+            .access("rwm")
+            .build();
+        if let Ok(devices) = devices {
+            resources = resources.devices(vec![devices]);
+        }
         linux.set_resources(resources.build().ok());
+        if security.privileged || security.unmasked_proc {
+            linux.set_masked_paths(None);
+            linux.set_readonly_paths(None);
+        }
+        if !security.sysctls.is_empty() {
+            let sysctls = security.sysctls.iter().map(|(k, v)| (k.clone(), v.clone()));
+            linux.set_sysctl(Some(sysctls.collect()));
+        }
         spec.set_linux(Some(linux));
     }
     spec
@@ -167,6 +306,7 @@ mod tests {
             log_path: "/logs/0.log".into(),
             labels: Default::default(),
             stdin: false,
+            security: Default::default(),
         }
     }
 
@@ -219,6 +359,75 @@ mod tests {
                 .expect("test")
                 .iter()
                 .any(|m| m.destination().to_str() == Some("/proc"))
+        );
+    }
+
+    #[test]
+    fn capabilities_are_the_default_set_less_dropped_plus_added() {
+        let default = capabilities(&Security::default());
+        assert!(default.contains(&Capability::NetBindService));
+        assert!(!default.contains(&Capability::SysAdmin));
+        let s = Security {
+            drop_capabilities: vec!["ALL".into()],
+            add_capabilities: vec!["NET_BIND_SERVICE".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            capabilities(&s),
+            HashSet::from([Capability::NetBindService])
+        );
+        let s = Security {
+            drop_capabilities: vec!["NET_RAW".into(), "CAP_CHOWN".into()],
+            add_capabilities: vec!["SYS_TIME".into()],
+            ..Default::default()
+        };
+        let caps = capabilities(&s);
+        assert!(!caps.contains(&Capability::NetRaw) && !caps.contains(&Capability::Chown));
+        assert!(caps.contains(&Capability::SysTime) && caps.contains(&Capability::Kill));
+        let privileged = Security {
+            privileged: true,
+            ..Default::default()
+        };
+        assert_eq!(capabilities(&privileged).len(), held_capabilities().len());
+        assert!(capabilities(&privileged).contains(&Capability::SysAdmin));
+    }
+
+    #[test]
+    fn security_settings_reach_the_spec() {
+        let mut c = config();
+        c.security = Security {
+            read_only_rootfs: true,
+            no_new_privileges: true,
+            additional_gids: vec![2000],
+            host_pid: true,
+            sysctls: [("net.ipv4.tcp_syncookies".to_string(), "0".to_string())].into(),
+            ..Default::default()
+        };
+        let spec = spec(&c);
+        assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
+        let p = spec.process().as_ref().expect("process");
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().expect("capabilities");
+        assert_eq!(caps.ambient().as_ref().map(|a| a.len()), Some(0));
+        assert_eq!(caps.inheritable().as_ref().map(|a| a.len()), Some(0));
+        assert_eq!(p.user().additional_gids().as_deref(), Some(&[2000][..]));
+        let linux = spec.linux().as_ref().expect("linux");
+        let ns = linux.namespaces().as_ref().expect("namespaces");
+        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+        assert!(linux.masked_paths().is_some());
+        let devices = linux.resources().as_ref().and_then(|r| r.devices().clone());
+        assert_eq!(
+            devices.map(|d| d[0].allow()),
+            Some(false),
+            "deny all but the standard ones"
+        );
+        assert_eq!(
+            linux
+                .sysctl()
+                .as_ref()
+                .and_then(|s| s.get("net.ipv4.tcp_syncookies"))
+                .map(String::as_str),
+            Some("0")
         );
     }
 }

@@ -131,6 +131,35 @@ pub struct ContainerConfig {
     /// in the container's directory); otherwise it reads /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// The security settings.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// A container's security settings, as the CRI's LinuxContainerSecurityContext says them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Security {
+    /// Further groups of the process (supplementalGroups, fsGroup).
+    pub additional_gids: Vec<u32>,
+    /// The root filesystem is mounted read-only.
+    pub read_only_rootfs: bool,
+    /// The process and its children cannot gain privileges (no_new_privs).
+    pub no_new_privileges: bool,
+    /// Every capability, every device, no masked paths, /sys writable.
+    pub privileged: bool,
+    /// Capabilities added to the default set (`NET_ADMIN`, or `ALL`).
+    pub add_capabilities: Vec<String>,
+    /// Capabilities dropped from it (`ALL` drops every one not added).
+    pub drop_capabilities: Vec<String>,
+    /// Namespaced kernel parameters to set.
+    pub sysctls: BTreeMap<String, String>,
+    /// Share the node's IPC namespace instead of the pod's.
+    pub host_ipc: bool,
+    /// Share the node's PID namespace.
+    pub host_pid: bool,
+    /// `/proc` is not masked (procMount Unmasked).
+    pub unmasked_proc: bool,
 }
 
 /// Written by the supervisor once the container's process runs.

@@ -1,7 +1,9 @@
 //! Running a further process inside a running container (`kubectl exec`), as `runc exec` does:
 //! a helper process, started with the stdio the caller wants the process to have, joins the
 //! container's namespaces and cgroup with libcontainer's tenant builder, waits for the process
-//! and exits with its exit code (128 + the signal when a signal ended it).
+//! and exits with its exit code (128 + the signal when a signal ended it). The process is the
+//! container's own with other arguments, as the CRI's exec makes it: the same user and groups,
+//! capabilities, environment, working directory and no_new_privs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,16 +38,41 @@ pub fn helper(program: &Path, state_root: &Path, id: &str, command: &[String]) -
     cmd
 }
 
+/// Writes the process to exec (the container's, running `command`) next to the container's
+/// state; returns its path.
+fn process_file(args: &Args) -> Result<PathBuf, String> {
+    let dir = args.state_root.join(&args.id);
+    let container = libcontainer::container::Container::load(dir.clone())
+        .map_err(|e| format!("load container {}: {e}", args.id))?;
+    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+        .map_err(|e| format!("load the spec of container {}: {e}", args.id))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(args.command.clone()));
+    process.set_terminal(Some(false));
+    let path = dir.join(format!("exec-{}.json", std::process::id()));
+    let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
+    std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Runs the helper; returns the exit code to exit with.
 pub fn main(args: Args) -> i32 {
+    let process = match process_file(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("exec {:?} in container {}: {e}", args.command, args.id);
+            return 126;
+        }
+    };
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.state_root)
         .map(|b| {
             b.as_tenant()
-                .with_container_args(args.command.clone())
+                .with_process(Some(&process))
                 .with_detach(false)
         })
         .and_then(|b| b.build());
+    let _ = std::fs::remove_file(&process);
     let pid = match built {
         Ok(pid) => Pid::from_raw(pid.as_raw()),
         Err(e) => {

@@ -8,7 +8,7 @@ mod read;
 mod review;
 mod scale;
 mod watch;
-mod write;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -151,9 +151,18 @@ pub async fn token(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
             .collect(),
         _ => vec![crate::tokens::ISSUER.to_string()],
     };
+    let pod = bound_pod(state, ctx, spec.get("boundObjectRef")).await?;
+    let pod = pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str()));
     let (token, exp) = state
         .tokens
-        .issue(ctx.namespace(), &ctx.info.name, &uid, &audiences, seconds)
+        .issue(
+            ctx.namespace(),
+            &ctx.info.name,
+            &uid,
+            &audiences,
+            seconds,
+            pod,
+        )
         .map_err(ApiError::internal)?;
     let expiry = chrono::DateTime::from_timestamp(exp, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
@@ -165,4 +174,47 @@ pub async fn token(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
     request["spec"] = json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")});
     request["status"] = json!({"token": token, "expirationTimestamp": expiry});
     Ok(codec::json_response(StatusCode::CREATED, &request))
+}
+
+/// The pod (name, uid) a TokenRequest's `boundObjectRef` names, checked as upstream does: it
+/// exists, runs as the service account, and has the uid given.
+async fn bound_pod(
+    state: &Arc<State>,
+    ctx: &Ctx,
+    bound: Option<&Value>,
+) -> Result<Option<(String, String)>> {
+    let Some(bound) = bound.filter(|b| !b.is_null()) else {
+        return Ok(None);
+    };
+    let kind = bound.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "Pod" {
+        return Err(ApiError::bad_request(format!(
+            "cannot bind token to object of type {kind}"
+        )));
+    }
+    let name = bound.get("name").and_then(Value::as_str).unwrap_or("");
+    let rt = api::registry()
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not registered"))?;
+    let (pod, _) = state.storage.get(rt, ctx.namespace(), name).await?;
+    let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("");
+    if account != ctx.info.name {
+        return Err(ApiError::bad_request(format!(
+            "cannot bind token for serviceaccount {:?} to pod running with different serviceaccount name.",
+            ctx.info.name
+        )));
+    }
+    let uid = api::meta::meta_str(&pod, "uid").unwrap_or("").to_string();
+    if let Some(want) = bound
+        .get("uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        && want != uid
+    {
+        let why = format!(
+            "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+        );
+        return Err(ApiError::conflict_because(rt, name, &why));
+    }
+    Ok(Some((name.to_string(), uid)))
 }

@@ -290,7 +290,8 @@ fn spawn(dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bosun"))
         .args(["server", "--data-dir"])
         .arg(dir)
-        .args(["--bind", "127.0.0.1:0"])
+        // on every address, so that pods reach the API through the `kubernetes` Service
+        .args(["--bind", "0.0.0.0:0"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,0 +1,250 @@
+//! End-to-end tests of configuration and pod security: ConfigMaps, Secrets and the downward API
+//! in environment variables and volumes, service account tokens projected into pods, and
+//! security contexts observed from inside the container, driven with the real kubectl against
+//! a real `bosun server`.
+
+mod common;
+
+use common::Cluster;
+
+#[test]
+fn scenario_07_config() {
+    Cluster::start_node().scenario("07-config");
+}
+
+/// A pod that sleeps, with `spec` fields (JSON, without braces) added to its spec and
+/// `security` as its container's security context.
+fn sleeper(name: &str, spec: &str, security: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+        "spec": {{{spec} "containers": [{{"name": "c", "image": "busybox:1.36",
+        "command": ["sleep", "3600"], "securityContext": {security}}}]}}}}"#
+    )
+}
+
+fn wait_ready(c: &Cluster, pod: &str) {
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{pod}"),
+        "--timeout=120s",
+    ]);
+}
+
+#[test]
+fn service_accounts_are_checked_and_their_token_volume_added_at_admission() {
+    let c = Cluster::start();
+    c.ok(&["create", "serviceaccount", "robot"]);
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.apply(&sleeper("p", r#""serviceAccountName": "robot","#, "{}"));
+    let volume = c.jp("pod/p", "{.spec.volumes[0].name}");
+    assert!(volume.starts_with("kube-api-access-"), "{volume}");
+    assert_eq!(
+        c.jp("pod/p", "{.spec.containers[0].volumeMounts[0].mountPath}"),
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    assert_eq!(
+        c.jp(
+            "pod/p",
+            "{.spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds}"
+        ),
+        "3607"
+    );
+    c.apply(&sleeper(
+        "quiet",
+        r#""automountServiceAccountToken": false,"#,
+        "{}",
+    ));
+    assert_eq!(c.jp("pod/quiet", "{.spec.volumes}"), "");
+    assert_eq!(c.jp("pod/quiet", "{.spec.serviceAccountName}"), "default");
+    let err = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        &sleeper("lost", r#""serviceAccountName": "nobody","#, "{}"),
+    );
+    let err = String::from_utf8_lossy(&err.stderr);
+    assert!(
+        err.contains(
+            "error looking up service account default/nobody: serviceaccount \"nobody\" not found"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn pods_get_a_bound_token_that_dies_with_the_pod() {
+    let c = Cluster::start_node();
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.apply(&sleeper("holder", "", "{}"));
+    wait_ready(&c, "holder");
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let files = c.ok(&["exec", "holder", "--", "ls", dir]);
+    assert_eq!(
+        files.split_whitespace().collect::<Vec<_>>(),
+        ["ca.crt", "namespace", "token"]
+    );
+    assert_eq!(
+        c.ok(&["exec", "holder", "--", "cat", &format!("{dir}/namespace")]),
+        "default"
+    );
+    let ca = c.ok(&["exec", "holder", "--", "cat", &format!("{dir}/ca.crt")]);
+    let node_ca = std::fs::read_to_string(c.dir.path().join("tls/ca.crt")).expect("ca");
+    assert_eq!(ca.trim(), node_ca.trim());
+    let mounts = c.ok(&["exec", "holder", "--", "cat", "/proc/mounts"]);
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(dir))
+        .expect("token mount");
+    assert!(line.contains("tmpfs") && line.contains(" ro,"), "{line}");
+
+    let token = c.ok(&["exec", "holder", "--", "cat", &format!("{dir}/token")]);
+    let who = c.kubectl_as_token(
+        &token,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "system:serviceaccount:default:default",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    c.ok(&["delete", "pod", "holder", "--grace-period=1"]);
+    let refused = c.kubectl_as_token(&token, &["auth", "whoami"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let host_mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let pods_dir = c.dir.path().join("agent/pods");
+    assert!(
+        !host_mounts.contains(pods_dir.to_str().expect("utf-8 path")),
+        "the pod's tmpfs volumes are unmounted with it"
+    );
+}
+
+#[test]
+fn security_contexts_hold_inside_the_container() {
+    let c = Cluster::start_node();
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.apply(&sleeper(
+        "users",
+        r#""securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "supplementalGroups": [4000]},
+           "volumes": [{"name": "data", "emptyDir": {}}],"#,
+        "{}",
+    ).replace(r#""command": ["sleep", "3600"],"#, r#""command": ["sleep", "3600"], "volumeMounts": [{"name": "data", "mountPath": "/data"}],"#));
+    c.apply(&sleeper(
+        "locked",
+        "",
+        r#"{"runAsUser": 1000, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}"#,
+    ));
+    c.apply(&sleeper("plain", "", "{}"));
+    c.apply(&sleeper("all-powers", "", r#"{"privileged": true}"#));
+    c.apply(&sleeper("nonroot", "", r#"{"runAsNonRoot": true}"#));
+    c.apply(&sleeper(
+        "sysctl",
+        r#""securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},"#,
+        "{}",
+    ));
+    for pod in ["users", "locked", "plain", "all-powers"] {
+        wait_ready(&c, pod);
+    }
+    let exec = |pod: &str, cmd: &str| c.kubectl(&["exec", pod, "--", "sh", "-c", cmd]);
+    let out = |pod: &str, cmd: &str| {
+        let o = exec(pod, cmd);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+
+    assert_eq!(out("users", "id -u; id -g"), "1000\n3000");
+    let groups = out("users", "id -G");
+    assert!(
+        groups.contains("2000") && groups.contains("4000"),
+        "{groups}"
+    );
+    assert_eq!(out("users", "stat -c %g /data"), "2000");
+    assert!(
+        exec("users", "touch /data/ok").status.success(),
+        "fsGroup volume writable"
+    );
+    assert_eq!(
+        out("users", "stat -c %g /data/ok"),
+        "2000",
+        "setgid directory"
+    );
+
+    let write = exec("locked", "touch /x");
+    assert!(!write.status.success());
+    assert!(String::from_utf8_lossy(&write.stderr).contains("Read-only file system"));
+    assert_eq!(
+        out("locked", "grep NoNewPrivs /proc/self/status | cut -f2"),
+        "1"
+    );
+    assert_eq!(
+        out("locked", "grep CapEff /proc/self/status | cut -f2"),
+        "0000000000000000"
+    );
+    let bind = exec(
+        "locked",
+        "nc -l -p 80 & sleep 1; kill $! 2>/dev/null; wait $!",
+    );
+    assert!(String::from_utf8_lossy(&bind.stderr).contains("ermission denied"));
+
+    let default_caps = out("plain", "grep CapEff /proc/self/status | cut -f2");
+    assert_eq!(default_caps, "00000000a80425fb", "containerd's default set");
+    assert_eq!(
+        out("plain", "grep CapAmb /proc/self/status | cut -f2"),
+        "0000000000000000"
+    );
+    let privileged = out("all-powers", "grep CapEff /proc/self/status | cut -f2");
+    let privileged = u64::from_str_radix(&privileged, 16).expect("hex");
+    let (sys_admin, net_admin) = (1 << 21, 1 << 12);
+    assert_eq!(
+        privileged & (sys_admin | net_admin),
+        sys_admin | net_admin,
+        "{privileged:x}"
+    );
+    let mknod = exec("plain", "mknod /tmp/disk b 7 0 && head -c1 /tmp/disk");
+    assert!(
+        !mknod.status.success(),
+        "devices other than the standard ones are refused"
+    );
+
+    assert!(c.wait_for(60, || {
+        c.jp(
+            "pod/nonroot",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        ) == "CreateContainerConfigError"
+    }));
+    assert!(
+        c.jp(
+            "pod/nonroot",
+            "{.status.containerStatuses[0].state.waiting.message}"
+        )
+        .starts_with(
+            "container has runAsNonRoot and image will run as root (pod: \"nonroot_default("
+        )
+    );
+    assert!(c.wait_for(60, || c.jp("pod/sysctl", "{.status.phase}") == "Failed"));
+    assert_eq!(c.jp("pod/sysctl", "{.status.reason}"), "SysctlForbidden");
+    assert_eq!(
+        c.jp("pod/sysctl", "{.status.message}"),
+        "Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted"
+    );
+}
