@@ -82,7 +82,7 @@ pub(crate) async fn serve(
     sans.dedup();
     let serving = crate::tls::ServingCert::new(&pki, sans, config.serving_cert_lifetime)?;
     serving.keep_renewed(pki.clone());
-    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(&pki, serving)?));
+    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(&pki, serving.clone())?));
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -152,7 +152,24 @@ pub(crate) async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
+            let serving = serving.clone();
             tokio::spawn(async move {
+                if is_legacy(&tcp).await {
+                    let Ok(ssl) = serving
+                        .legacy_acceptor()
+                        .and_then(|a| Ok(openssl::ssl::Ssl::new(a.context())?))
+                        .inspect_err(|e| tracing::warn!(error = %e, "legacy TLS setup failed"))
+                    else {
+                        return;
+                    };
+                    let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                        return;
+                    };
+                    if std::pin::Pin::new(&mut tls).accept().await.is_ok() {
+                        serve_connection(tls, None, app).await;
+                    }
+                    return;
+                }
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
@@ -162,21 +179,7 @@ pub(crate) async fn serve(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| UserInfo::from_certificate(c.as_ref()));
-                let service =
-                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(Identity(user.clone()));
-                        let app = app.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                tower::ServiceExt::oneshot(app, req.map(Body::new))
-                                    .await
-                                    .into_response(),
-                            )
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await;
+                serve_connection(tls, user, app).await;
             });
         }
     });
@@ -188,6 +191,43 @@ pub(crate) async fn serve(
         url,
         task,
     })
+}
+
+/// Whether the client's first bytes are a ClientHello rustls refuses (see [`crate::tls`]);
+/// waits up to 10 s for the whole record.
+async fn is_legacy(tcp: &tokio::net::TcpStream) -> bool {
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await;
+        let Ok(Ok(n)) = peeked else { return false };
+        match crate::tls::is_legacy_client_hello(&buf[..n]) {
+            Some(legacy) => return legacy,
+            None if n == 0 || n == buf.len() => return false,
+            None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Serves HTTP on an accepted TLS connection whose client certificate named `user`.
+async fn serve_connection<S>(tls: S, user: Option<UserInfo>, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Identity(user.clone()));
+        let app = app.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                tower::ServiceExt::oneshot(app, req.map(Body::new))
+                    .await
+                    .into_response(),
+            )
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await;
 }
 
 /// The user named by the connection's client certificate, if any.

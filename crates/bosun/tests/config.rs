@@ -248,3 +248,8 @@ fn security_contexts_hold_inside_the_container() {
         "Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted"
     );
 }
+
+#[test]
+fn scenario_13_security() {
+    Cluster::start_node().scenario("13-security");
+}
