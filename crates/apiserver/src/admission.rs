@@ -4,8 +4,9 @@
 //! unless told, and mount its token unless automounting is off),
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
-//! the global default one), LimitRanger (`crate::limit_range`), and the requester recorded in
-//! certificate signing requests.
+//! the global default one), LimitRanger (`crate::limit_range`), PodSecurity
+//! (`crate::pod_security`, on create and update), and the requester recorded in certificate
+//! signing requests.
 
 use serde_json::{Value, json};
 
@@ -18,21 +19,26 @@ use crate::status::{ApiError, Result};
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Admits the creation of `obj`, possibly changing it.
+/// Admits the creation of `obj`, possibly changing it; returns warnings for the client.
 pub async fn admit_create(
     state: &State,
     rt: &ResourceType,
     user: &crate::authn::UserInfo,
     obj: &mut Value,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if rt.kind == "CertificateSigningRequest" {
         // who asks is recorded by the server, never taken from the request
         obj["spec"]["username"] = json!(user.name);
         obj["spec"]["groups"] = json!(user.groups);
     }
-    if rt.namespaced {
-        namespace_accepts_content(state, meta::namespace(obj)).await?;
+    if rt.group.is_empty() && rt.kind == "Namespace" {
+        pod_security_labels(obj)?;
     }
+    let namespace = if rt.namespaced {
+        Some(namespace_accepts_content(state, meta::namespace(obj)).await?)
+    } else {
+        None
+    };
     if rt.group.is_empty() && rt.kind == "Pod" {
         let root = meta::ensure_object(obj);
         let spec = meta::ensure_object(root.entry("spec").or_insert_with(|| json!({})));
@@ -42,7 +48,119 @@ pub async fn admit_create(
         priority(state, obj).await?;
         crate::limit_range::admit_pod(state, obj).await?;
     }
-    Ok(())
+    Ok(match &namespace {
+        Some(ns) => pod_security(rt, ns, obj, None)?,
+        None => Vec::new(),
+    })
+}
+
+/// Admits an update of `current` to `new`; returns warnings for the client.
+pub async fn admit_update(
+    state: &State,
+    rt: &ResourceType,
+    current: &Value,
+    new: &Value,
+) -> Result<Vec<String>> {
+    if !(rt.group.is_empty() && rt.kind == "Namespace") {
+        if !rt.namespaced {
+            return Ok(Vec::new());
+        }
+        let nsrt = registry()
+            .find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+        let Ok((namespace, _)) = state.storage.get(nsrt, "", meta::namespace(new)).await else {
+            return Ok(Vec::new());
+        };
+        return pod_security(rt, &namespace, new, Some(current));
+    }
+    pod_security_labels(new)?;
+    let (old, now) = (
+        crate::pod_security::policy(current["metadata"].get("labels")),
+        crate::pod_security::policy(new["metadata"].get("labels")),
+    );
+    if old.enforce == now.enforce {
+        return Ok(Vec::new());
+    }
+    let rt = registry()
+        .find("", "v1", "pods")
+        .ok_or_else(|| ApiError::internal("pods are not registered"))?;
+    let name = meta::name(new);
+    let pods: Vec<(String, Value)> = state
+        .storage
+        .list_in(rt, name)
+        .await?
+        .into_iter()
+        .map(|p| (meta::name(&p).to_string(), p["spec"].clone()))
+        .collect();
+    Ok(crate::pod_security::existing_pod_warnings(
+        name,
+        &now.enforce,
+        &pods,
+    ))
+}
+
+/// Upstream's validation of a namespace's Pod Security labels.
+fn pod_security_labels(ns: &Value) -> Result<()> {
+    let invalid = crate::pod_security::invalid_labels(ns["metadata"].get("labels"));
+    if invalid.is_empty() {
+        return Ok(());
+    }
+    let errs: Vec<api::validation::FieldError> = invalid
+        .into_iter()
+        .map(|(label, value, detail)| {
+            api::validation::FieldError::invalid(
+                format!("metadata.labels[{label}]"),
+                json!(value),
+                &detail,
+            )
+        })
+        .collect();
+    let rt = registry()
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
+    Err(ApiError::invalid(rt, meta::name(ns), &errs))
+}
+
+/// Pod Security admission of a pod (enforced) or a workload's pod template (warned about) in
+/// `namespace`; on update only when the pod spec changed.
+fn pod_security(
+    rt: &ResourceType,
+    namespace: &Value,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<Vec<String>> {
+    let pod = rt.group.is_empty() && rt.kind == "Pod";
+    let spec = if pod {
+        Some(&obj["spec"])
+    } else {
+        crate::pod_security::template_spec(rt.kind, obj)
+    };
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    if let Some(old) = old {
+        // a pod's spec changes only where it is mutable (images); a template is checked again
+        // when it changes
+        if pod || crate::pod_security::template_spec(rt.kind, old) == Some(spec) {
+            return Ok(Vec::new());
+        }
+    }
+    let policy = crate::pod_security::policy(namespace["metadata"].get("labels"));
+    let decision = crate::pod_security::evaluate(&policy, spec, pod);
+    if let Some(denied) = decision.denied {
+        return Err(ApiError::forbidden(format!(
+            "pods {:?} is forbidden: {denied}",
+            meta::name(obj)
+        )));
+    }
+    if let Some(audit) = decision.audit {
+        tracing::info!(
+            namespace = meta::name(namespace),
+            object = meta::name(obj),
+            "{audit}"
+        );
+    }
+    Ok(decision.warnings)
 }
 
 /// Where the service account token volume is mounted.
@@ -241,7 +359,8 @@ pub fn admit_delete(rt: &ResourceType, name: &str) -> Result<()> {
     Ok(())
 }
 
-async fn namespace_accepts_content(state: &State, ns: &str) -> Result<()> {
+/// The namespace `ns`, if it accepts new content.
+async fn namespace_accepts_content(state: &State, ns: &str) -> Result<Value> {
     let nsrt = registry()
         .find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
@@ -256,5 +375,5 @@ async fn namespace_accepts_content(state: &State, ns: &str) -> Result<()> {
             ))
         });
     }
-    Ok(())
+    Ok(namespace)
 }

@@ -17,6 +17,7 @@ pub mod encryption;
 pub mod limit_range;
 pub mod node_proxy;
 pub mod pki;
+pub mod pod_security;
 pub mod protobuf;
 pub mod request;
 pub mod rest;

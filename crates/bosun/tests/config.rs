@@ -253,3 +253,85 @@ fn security_contexts_hold_inside_the_container() {
 fn scenario_13_security() {
     Cluster::start_node().scenario("13-security");
 }
+
+#[test]
+fn pod_security_admission_enforces_warns_and_checks_its_labels() {
+    let c = Cluster::start();
+    c.ok(&["create", "namespace", "psa"]);
+    c.wait_for(30, || {
+        c.kubectl(&["-n", "psa", "get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.ok(&["-n", "psa", "run", "before", "--image=busybox:1.36"]);
+    let labelled = c.kubectl(&[
+        "label",
+        "namespace",
+        "psa",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let warned = String::from_utf8_lossy(&labelled.stderr);
+    assert!(
+        warned.contains("existing pods in namespace \"psa\" violate the new PodSecurity enforce level \"restricted:latest\"")
+            && warned.contains("before: allowPrivilegeEscalation != false, unrestricted capabilities, runAsNonRoot != true, seccompProfile"),
+        "{warned}"
+    );
+    let refused = c.fails(&["-n", "psa", "run", "web", "--image=busybox:1.36"]);
+    assert!(
+        refused.contains("pods \"web\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"web\" must set securityContext.allowPrivilegeEscalation=false)"),
+        "{refused}"
+    );
+    let hardened = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hardened", "namespace": "psa"},
+        "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "c", "image": "busybox:1.36", "securityContext": {
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}}"#;
+    c.apply(hardened);
+
+    c.ok(&[
+        "label",
+        "namespace",
+        "psa",
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=baseline",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let host = c.fails(&[
+        "-n",
+        "psa",
+        "run",
+        "host",
+        "--image=busybox:1.36",
+        r#"--overrides={"spec": {"hostNetwork": true}}"#,
+    ]);
+    assert!(
+        host.contains(
+            "violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true)"
+        ),
+        "{host}"
+    );
+    let deployed = c.kubectl(&[
+        "-n",
+        "psa",
+        "create",
+        "deployment",
+        "d",
+        "--image=busybox:1.36",
+    ]);
+    assert!(deployed.status.success());
+    assert!(
+        String::from_utf8_lossy(&deployed.stderr)
+            .contains("Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let invalid = c.fails(&[
+        "label",
+        "namespace",
+        "psa",
+        "pod-security.kubernetes.io/audit=strict",
+    ]);
+    assert!(
+        invalid.contains("metadata.labels[pod-security.kubernetes.io/audit]: Invalid value: \"strict\": must be one of privileged, baseline, restricted"),
+        "{invalid}"
+    );
+}

@@ -97,7 +97,7 @@ pub async fn scale(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
         meta::remove_meta(&mut new, "resourceVersion");
         let new = prepare_update(ctx, &current, new, "Update")?;
         match store_update(state, ctx, &current, rev, new).await {
-            Ok(stored) => return Ok(codec::json_response(StatusCode::OK, &to_scale(&stored))),
+            Ok((stored, _)) => return Ok(codec::json_response(StatusCode::OK, &to_scale(&stored))),
             Err(e) if e.code == 409 => continue,
             Err(e) => return Err(e),
         }

@@ -108,16 +108,23 @@ fn decode(ctx: &Ctx, body: &[u8]) -> Result<(Value, Vec<String>)> {
 }
 
 pub async fn create(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
-    let (obj, warnings) = decode(ctx, body)?;
-    let stored = create_object(state, ctx, obj, "Update").await?;
+    let (obj, mut warnings) = decode(ctx, body)?;
+    let (stored, admitted) = create_object(state, ctx, obj, "Update").await?;
+    warnings.extend(admitted);
     Ok(with_warnings(
         respond(ctx, StatusCode::CREATED, &stored),
         &warnings,
     ))
 }
 
-/// The create pipeline, shared by POST and by apply of a new object.
-async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str) -> Result<Value> {
+/// The create pipeline, shared by POST and by apply of a new object; returns the object stored
+/// and admission's warnings.
+async fn create_object(
+    state: &State,
+    ctx: &Ctx,
+    mut obj: Value,
+    operation: &str,
+) -> Result<(Value, Vec<String>)> {
     let rt = ctx.rt;
     if rt.namespaced {
         let body_ns = meta::namespace(&obj);
@@ -164,7 +171,7 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
     defaults::apply(rt, &mut obj);
     // Mutating admission comes before the strategy, as upstream's: what it fills in (a
     // LimitRange's requests and limits) counts for the pod's QoS class.
-    admission::admit_create(state, rt, &ctx.user, &mut obj).await?;
+    let warnings = admission::admit_create(state, rt, &ctx.user, &mut obj).await?;
     strategy::prepare_for_create(rt, &mut obj);
     let errs = strategy::validate(rt, &obj);
     if !errs.is_empty() {
@@ -190,9 +197,9 @@ async fn create_object(state: &State, ctx: &Ctx, mut obj: Value, operation: &str
         None
     };
     if ctx.dry_run() {
-        return Ok(obj);
+        return Ok((obj, warnings));
     }
-    state.storage.create(rt, obj).await
+    Ok((state.storage.create(rt, obj).await?, warnings))
 }
 
 /// The update pipeline on a current object: carries over what the server owns, applies the
@@ -286,13 +293,15 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// Stores an updated object, or returns the current one when nothing changed; removes an object
 /// whose deletion was waiting only for finalizers that are now gone.
+/// Stores `new` over `current` (at revision `rev`); returns what was stored and admission's
+/// warnings.
 pub(super) async fn store_update(
     state: &State,
     ctx: &Ctx,
     current: &Value,
     rev: u64,
     new: Value,
-) -> Result<Value> {
+) -> Result<(Value, Vec<String>)> {
     // an unchanged object is not written again, unless its stored form is out of date (written
     // with an encryption key that is no longer the first), as upstream re-encrypts on update
     if same(current, &new)
@@ -302,11 +311,16 @@ pub(super) async fn store_update(
             .stale(&ctx.rt.key(ctx.namespace(), meta::name(current)))
             .await
     {
-        return Ok(current.clone());
+        return Ok((current.clone(), Vec::new()));
     }
     if ctx.rt.group == "rbac.authorization.k8s.io" {
         crate::authz::check_grant(&state.storage, &ctx.user, ctx.rt.kind, &new).await?;
     }
+    let warnings = if ctx.info.subresource.is_empty() {
+        admission::admit_update(state, ctx.rt, current, &new).await?
+    } else {
+        Vec::new()
+    };
     let mut new = new;
     let _allocating = if crate::services::is_service(ctx.rt) && ctx.info.subresource.is_empty() {
         let guard = state.services.lock().await;
@@ -316,10 +330,10 @@ pub(super) async fn store_update(
         None
     };
     if ctx.dry_run() {
-        return Ok(new);
+        return Ok((new, warnings));
     }
     let stored = state.storage.update(ctx.rt, new, rev).await?;
-    delete_if_finalized(state, ctx, stored).await
+    Ok((delete_if_finalized(state, ctx, stored).await?, warnings))
 }
 
 /// As upstream's ShouldDeleteDuringUpdate: an object being deleted that has no finalizer left
@@ -370,9 +384,9 @@ async fn commit(
     warnings: &[String],
 ) -> Result<Option<Response>> {
     match store_update(state, ctx, current, rev, new).await {
-        Ok(stored) => Ok(Some(with_warnings(
+        Ok((stored, admitted)) => Ok(Some(with_warnings(
             respond(ctx, StatusCode::OK, &stored),
-            warnings,
+            &[warnings, &admitted[..]].concat(),
         ))),
         Err(e) if e.code == 409 && e.reason == "Conflict" => Ok(None),
         Err(e) => Err(e),
@@ -406,10 +420,10 @@ pub async fn update(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respon
         return Err(ApiError::conflict(ctx.rt, &ctx.info.name));
     }
     let new = prepare_update(ctx, &current, new, "Update")?;
-    let stored = store_update(state, ctx, &current, rev, new).await?;
+    let (stored, admitted) = store_update(state, ctx, &current, rev, new).await?;
     Ok(with_warnings(
         respond(ctx, StatusCode::OK, &stored),
-        &warnings,
+        &[warnings, admitted].concat(),
     ))
 }
 
@@ -525,7 +539,8 @@ async fn apply(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Response> {
         let Some((current, rev)) = current else {
             let stored = create_object(state, ctx, config.clone(), "Apply").await;
             match stored {
-                Ok(s) => {
+                Ok((s, admitted)) => {
+                    let warnings = [&warnings[..], &admitted[..]].concat();
                     return Ok(with_warnings(
                         respond(ctx, StatusCode::CREATED, &s),
                         &warnings,
