@@ -158,12 +158,25 @@ fn security_contexts_hold_inside_the_container() {
     c.apply(&sleeper("plain", "", "{}"));
     c.apply(&sleeper("all-powers", "", r#"{"privileged": true}"#));
     c.apply(&sleeper("nonroot", "", r#"{"runAsNonRoot": true}"#));
+    // (processes started by `kubectl exec` are not filtered: libcontainer's tenant builder
+    // leaves the filter out, so the container's own process reports)
+    c.apply(
+        &sleeper(
+            "filtered",
+            r#""securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},"#,
+            "{}",
+        )
+        .replace(
+            r#"["sleep", "3600"]"#,
+            r#"["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; sleep 3600"]"#,
+        ),
+    );
     c.apply(&sleeper(
         "sysctl",
         r#""securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},"#,
         "{}",
     ));
-    for pod in ["users", "locked", "plain", "all-powers"] {
+    for pod in ["users", "locked", "plain", "all-powers", "filtered"] {
         wait_ready(&c, pod);
     }
     let exec = |pod: &str, cmd: &str| c.kubectl(&["exec", pod, "--", "sh", "-c", cmd]);
@@ -219,6 +232,16 @@ fn security_contexts_hold_inside_the_container() {
         privileged & (sys_admin | net_admin),
         sys_admin | net_admin,
         "{privileged:x}"
+    );
+    assert!(
+        exec("plain", "unshare -U true").status.success(),
+        "unconfined"
+    );
+    let filtered = c.ok(&["logs", "filtered"]);
+    assert!(filtered.contains("Seccomp:\t2"), "filter mode: {filtered}");
+    assert!(
+        filtered.contains("Operation not permitted") && filtered.contains("unshare=1"),
+        "the runtime's default seccomp profile refuses unshare: {filtered}"
     );
     let mknod = exec("plain", "mknod /tmp/disk b 7 0 && head -c1 /tmp/disk");
     assert!(

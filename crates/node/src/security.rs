@@ -2,10 +2,12 @@
 //! kubelet combines them (the container's setting wins over the pod's): groups (runAsGroup,
 //! supplementalGroups, fsGroup), capabilities, privileged, read-only root, no_new_privs
 //! (allowPrivilegeEscalation false), procMount, sysctls (only the safe set kubelet allows by
-//! default), host IPC and PID namespaces; and the runAsNonRoot check.
+//! default), host IPC and PID namespaces, the seccomp profile (`Localhost` profiles are files
+//! under the agent's `seccomp/` directory, as kubelet's root has them); and the runAsNonRoot
+//! check.
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityContext};
-use runtime::container::Security;
+use runtime::container::{Seccomp, Security};
 
 /// The sysctls kubelet allows without `--allowed-unsafe-sysctls`.
 const SAFE_SYSCTLS: &[&str] = &[
@@ -39,7 +41,7 @@ pub fn forbidden_sysctls(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-/// The security settings of container `c` of `pod`.
+/// The security settings of container `c` of `pod`, but for the seccomp profile ([`seccomp`]).
 pub fn of(pod: &Pod, c: &Container) -> Security {
     let (pod_sc, sc) = contexts(pod, c);
     let spec = pod.spec.as_ref();
@@ -72,6 +74,39 @@ pub fn of(pod: &Pod, c: &Container) -> Security {
         host_ipc: spec.and_then(|s| s.host_ipc) == Some(true),
         host_pid: spec.and_then(|s| s.host_pid) == Some(true),
         unmasked_proc: sc.proc_mount.as_deref() == Some("Unmasked"),
+        seccomp: Seccomp::Unconfined,
+    }
+}
+
+/// The seccomp profile of container `c` (its own, else the pod's); `Localhost` profiles are
+/// read from `profiles` (the agent's `seccomp/` directory).
+pub fn seccomp(pod: &Pod, c: &Container, profiles: &std::path::Path) -> Result<Seccomp, String> {
+    let (pod_sc, sc) = contexts(pod, c);
+    let profile = sc
+        .and_then(|s| s.seccomp_profile)
+        .or_else(|| pod_sc.and_then(|s| s.seccomp_profile));
+    let Some(profile) = profile else {
+        return Ok(Seccomp::Unconfined);
+    };
+    match profile.type_.as_str() {
+        "RuntimeDefault" => Ok(Seccomp::RuntimeDefault),
+        "Localhost" => {
+            let name = profile.localhost_profile.unwrap_or_default();
+            if name.is_empty() || name.split('/').any(|p| p == "..") {
+                return Err(format!("invalid localhost seccomp profile {name:?}"));
+            }
+            let path = profiles.join(&name);
+            let json = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "cannot load seccomp profile {:?}: {e}",
+                    path.display().to_string()
+                )
+            })?;
+            let seccomp = Seccomp::Localhost(json);
+            runtime::bundle::seccomp_filter(&seccomp)?;
+            Ok(seccomp)
+        }
+        _ => Ok(Seccomp::Unconfined),
     }
 }
 
@@ -188,5 +223,40 @@ mod tests {
         );
         let (p, c) = pod(json!({}), json!({}));
         assert!(verify_non_root(&p, &c, "").is_ok());
+    }
+
+    #[test]
+    fn seccomp_profiles_come_from_the_container_or_the_pod() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (p, c) = pod(
+            json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            json!({}),
+        );
+        assert_eq!(seccomp(&p, &c, dir.path()), Ok(Seccomp::RuntimeDefault));
+        let (p, c) = pod(
+            json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            json!({"seccompProfile": {"type": "Unconfined"}}),
+        );
+        assert_eq!(seccomp(&p, &c, dir.path()), Ok(Seccomp::Unconfined));
+        let profile = r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#;
+        std::fs::create_dir_all(dir.path().join("profiles")).expect("dir");
+        std::fs::write(dir.path().join("profiles/allow.json"), profile).expect("write");
+        let local = |name: &str| {
+            let (p, c) = pod(
+                json!({}),
+                json!({"seccompProfile": {"type": "Localhost", "localhostProfile": name}}),
+            );
+            seccomp(&p, &c, dir.path())
+        };
+        assert_eq!(
+            local("profiles/allow.json"),
+            Ok(Seccomp::Localhost(profile.into()))
+        );
+        assert!(
+            local("profiles/none.json")
+                .expect_err("missing")
+                .contains("cannot load seccomp profile")
+        );
+        assert!(local("../etc/passwd").is_err());
     }
 }

@@ -765,6 +765,10 @@ impl Worker {
         let sources = self.env_sources(pod, c).await?;
         let process = crate::process::process(pod, c, &image_config, &sources)?;
         crate::security::verify_non_root(pod, c, process.user.as_deref().unwrap_or_default())?;
+        let security = runtime::container::Security {
+            seccomp: crate::security::seccomp(pod, c, &self.agent.root().join("seccomp"))?,
+            ..crate::security::of(pod, c)
+        };
         for warning in &process.warnings {
             self.agent.events.record(
                 pod,
@@ -858,7 +862,7 @@ impl Worker {
                 .join(format!("{attempt}.log")),
             labels,
             stdin: c.stdin.unwrap_or(false),
-            security: crate::security::of(pod, c),
+            security,
         })
     }
 

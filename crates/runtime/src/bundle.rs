@@ -3,17 +3,120 @@
 //! grants, only the standard devices), the pod's shared namespaces joined by path, bind mounts,
 //! the cgroup path and limits, and the security settings as containerd applies a CRI security
 //! context (capabilities added and dropped, privileged, read-only root, no_new_privs, groups,
-//! sysctls, host namespaces).
+//! sysctls, host namespaces, seccomp: the runtime default profile refuses what containerd's
+//! default profile leaves out, with EPERM).
 
 use std::collections::HashSet;
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder,
-    Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Arch, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount as OciMount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
-use crate::container::{ContainerConfig, Security};
+use crate::container::{ContainerConfig, Seccomp, Security};
+
+/// What the runtime's default seccomp profile refuses (EPERM), as containerd's and Docker's
+/// default profiles do for a container without the capabilities that would allow them: kernel
+/// modules and keyrings, mounting and namespaces, clocks, reboot and swap, tracing other
+/// processes' memory, BPF and perf, io_uring. Syscalls this kernel does not know are skipped.
+const REFUSED_BY_DEFAULT: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "syslog",
+    "_sysctl",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// The seccomp filter of `seccomp`; an error for a local profile that is not one.
+pub fn seccomp_filter(seccomp: &Seccomp) -> Result<Option<LinuxSeccomp>, String> {
+    match seccomp {
+        Seccomp::Unconfined => Ok(None),
+        Seccomp::RuntimeDefault => {
+            let refused = LinuxSyscallBuilder::default()
+                .names(
+                    REFUSED_BY_DEFAULT
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc_eperm())
+                .build()
+                .map_err(|e| e.to_string())?;
+            LinuxSeccompBuilder::default()
+                .default_action(LinuxSeccompAction::ScmpActAllow)
+                .architectures(vec![Arch::ScmpArchNative])
+                .syscalls(vec![refused])
+                .build()
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        Seccomp::Localhost(json) => serde_json::from_str::<LinuxSeccomp>(json)
+            .map(Some)
+            .map_err(|e| format!("the seccomp profile is not valid: {e}")),
+    }
+}
+
+/// EPERM.
+const fn libc_eperm() -> u32 {
+    1
+}
 
 /// Every capability the kernels bosun runs on know, by name without the `CAP_` prefix.
 const ALL_CAPABILITIES: &[&str] = &[
@@ -165,11 +268,13 @@ pub fn spec(config: &ContainerConfig) -> Spec {
                 .unwrap_or_default(),
         )
         .capabilities(capabilities.unwrap_or_default())
-        .no_new_privileges(security.no_new_privileges)
         .build()
         .unwrap_or_default();
     let mut process = process;
     process.set_oom_score_adj(config.resources.oom_score_adj);
+    // unset rather than false: libcontainer loads a seccomp filter while it still holds the
+    // capabilities to only when no_new_privileges is unset
+    process.set_no_new_privileges(security.no_new_privileges.then_some(true));
     spec.set_process(Some(process));
     spec.set_hostname(None);
     spec.set_root(
@@ -269,6 +374,13 @@ pub fn spec(config: &ContainerConfig) -> Spec {
             linux.set_masked_paths(None);
             linux.set_readonly_paths(None);
         }
+        // a profile that does not parse was refused before the container was made
+        let privileged = security.privileged;
+        linux.set_seccomp(if privileged {
+            None
+        } else {
+            seccomp_filter(&security.seccomp).ok().flatten()
+        });
         if !security.sysctls.is_empty() {
             let sysctls = security.sysctls.iter().map(|(k, v)| (k.clone(), v.clone()));
             linux.set_sysctl(Some(sysctls.collect()));
@@ -429,5 +541,23 @@ mod tests {
                 .map(String::as_str),
             Some("0")
         );
+    }
+
+    #[test]
+    fn seccomp_profiles() {
+        assert_eq!(seccomp_filter(&Seccomp::Unconfined), Ok(None));
+        let default = seccomp_filter(&Seccomp::RuntimeDefault)
+            .expect("default")
+            .expect("filter");
+        assert_eq!(default.default_action(), LinuxSeccompAction::ScmpActAllow);
+        let refused = &default.syscalls().as_ref().expect("syscalls")[0];
+        assert!(refused.names().contains(&"unshare".to_string()));
+        assert_eq!(refused.errno_ret(), Some(1));
+        let local = r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}"#;
+        let local = seccomp_filter(&Seccomp::Localhost(local.into()))
+            .expect("local")
+            .expect("filter");
+        assert_eq!(local.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert!(seccomp_filter(&Seccomp::Localhost("{".into())).is_err());
     }
 }

@@ -160,6 +160,21 @@ pub struct Security {
     pub host_pid: bool,
     /// `/proc` is not masked (procMount Unmasked).
     pub unmasked_proc: bool,
+    /// The seccomp filter.
+    pub seccomp: Seccomp,
+}
+
+/// A container's seccomp filter, as a pod's `seccompProfile` names it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum Seccomp {
+    /// No filter (Kubernetes' default).
+    #[default]
+    Unconfined,
+    /// The runtime's default profile ([`crate::bundle`]).
+    RuntimeDefault,
+    /// A profile of the node's, in the OCI seccomp format (JSON).
+    Localhost(String),
 }
 
 /// Written by the supervisor once the container's process runs.
