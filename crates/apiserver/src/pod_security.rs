@@ -155,6 +155,11 @@ fn all_containers(spec: &Value) -> impl Iterator<Item = &Value> {
         .flat_map(move |k| spec[k].as_array().into_iter().flatten())
 }
 
+/// The names of the containers `pred` holds for.
+fn containers_where(spec: &Value, pred: impl Fn(&Value) -> bool) -> Vec<String> {
+    all_containers(spec).filter(|c| pred(c)).map(name).collect()
+}
+
 fn name(c: &Value) -> String {
     c["name"].as_str().unwrap_or_default().to_string()
 }
@@ -189,10 +194,7 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
     if !host.is_empty() {
         add("hostNamespaces", "host namespaces", host.join(", "));
     }
-    let privileged: Vec<String> = all_containers(spec)
-        .filter(|c| sc(c, "privileged") == &Value::Bool(true))
-        .map(name)
-        .collect();
+    let privileged = containers_where(spec, |c| sc(c, "privileged") == &Value::Bool(true));
     if !privileged.is_empty() {
         let detail = format!(
             "{} must not set securityContext.privileged=true",
@@ -282,10 +284,9 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
         );
         add("hostPorts", "hostPort", detail);
     }
-    let unmasked: Vec<String> = all_containers(spec)
-        .filter(|c| sc(c, "procMount").as_str().is_some_and(|m| m != "Default"))
-        .map(name)
-        .collect();
+    let unmasked = containers_where(spec, |c| {
+        sc(c, "procMount").as_str().is_some_and(|m| m != "Default")
+    });
     if !unmasked.is_empty() {
         let detail = format!(
             "{} must not set securityContext.procMount to \"Unmasked\"",
@@ -299,10 +300,9 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
         if seccomp_type(pod_sc).as_deref() == Some("Unconfined") {
             setters.push("pod".to_string());
         }
-        let bad: Vec<String> = all_containers(spec)
-            .filter(|c| seccomp_type(&c["securityContext"]).as_deref() == Some("Unconfined"))
-            .map(name)
-            .collect();
+        let bad = containers_where(spec, |c| {
+            seccomp_type(&c["securityContext"]).as_deref() == Some("Unconfined")
+        });
         if !bad.is_empty() {
             setters.push(containers(&bad));
         }
@@ -339,10 +339,9 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
     }
 
     if restricted {
-        let escalating: Vec<String> = all_containers(spec)
-            .filter(|c| sc(c, "allowPrivilegeEscalation") != &Value::Bool(false))
-            .map(name)
-            .collect();
+        let escalating = containers_where(spec, |c| {
+            sc(c, "allowPrivilegeEscalation") != &Value::Bool(false)
+        });
         if !escalating.is_empty() {
             let detail = format!(
                 "{} must set securityContext.allowPrivilegeEscalation=false",
@@ -477,10 +476,7 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
         if pod_sc["runAsUser"] == 0 {
             root.push("pod".to_string());
         }
-        let bad: Vec<String> = all_containers(spec)
-            .filter(|c| *sc(c, "runAsUser") == 0)
-            .map(name)
-            .collect();
+        let bad = containers_where(spec, |c| *sc(c, "runAsUser") == 0);
         if !bad.is_empty() {
             root.push(containers(&bad));
         }

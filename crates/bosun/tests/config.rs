@@ -158,6 +158,7 @@ fn security_contexts_hold_inside_the_container() {
     c.apply(&sleeper("plain", "", "{}"));
     c.apply(&sleeper("all-powers", "", r#"{"privileged": true}"#));
     c.apply(&sleeper("nonroot", "", r#"{"runAsNonRoot": true}"#));
+    c.apply(&sleeper("hostnet", r#""hostNetwork": true,"#, "{}"));
     // (processes started by `kubectl exec` are not filtered: libcontainer's tenant builder
     // leaves the filter out, so the container's own process reports)
     c.apply(
@@ -176,7 +177,14 @@ fn security_contexts_hold_inside_the_container() {
         r#""securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},"#,
         "{}",
     ));
-    for pod in ["users", "locked", "plain", "all-powers", "filtered"] {
+    for pod in [
+        "users",
+        "locked",
+        "plain",
+        "all-powers",
+        "filtered",
+        "hostnet",
+    ] {
         wait_ready(&c, pod);
     }
     let exec = |pod: &str, cmd: &str| c.kubectl(&["exec", pod, "--", "sh", "-c", cmd]);
@@ -242,6 +250,20 @@ fn security_contexts_hold_inside_the_container() {
     assert!(
         filtered.contains("Operation not permitted") && filtered.contains("unshare=1"),
         "the runtime's default seccomp profile refuses unshare: {filtered}"
+    );
+    assert_eq!(
+        c.jp("pod/hostnet", "{.status.podIP}"),
+        c.jp("pod/hostnet", "{.status.hostIP}"),
+        "a pod in the node's network has the node's address"
+    );
+    let node_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(out("hostnet", "hostname"), node_hostname.trim());
+    let node_links = std::fs::read_to_string("/proc/net/dev").expect("links");
+    let pod_links = out("hostnet", "cat /proc/net/dev");
+    assert_eq!(
+        pod_links.lines().count(),
+        node_links.lines().count(),
+        "{pod_links}"
     );
     let mknod = exec("plain", "mknod /tmp/disk b 7 0 && head -c1 /tmp/disk");
     assert!(

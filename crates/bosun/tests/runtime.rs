@@ -111,7 +111,7 @@ fn a_container_is_isolated_and_its_supervisor_reports_its_end() {
 fn containers_of_a_sandbox_share_its_hostname_and_network_and_stop_on_signal() {
     let node = node();
     let sandbox = Sandbox::at(&node.root.join("sandboxes"), "pod-uid");
-    sandbox.create("my-pod").expect("sandbox");
+    sandbox.create("my-pod", false).expect("sandbox");
     let shared = SharedNamespaces {
         network: Some(sandbox.net()),
         ipc: Some(sandbox.ipc()),

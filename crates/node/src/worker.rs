@@ -509,12 +509,19 @@ impl Worker {
             return Ok(());
         }
         let sandbox = self.sandbox();
-        let hostname = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .or_else(|| pod.metadata.name.clone())
-            .unwrap_or_default();
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        // a pod in the node's network has the node's name and address
+        let hostname = if host_network {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .or_else(|| pod.metadata.name.clone())
+                .unwrap_or_default()
+        };
         let uid = self.uid.clone();
         let pod_dir = self.pod_dir();
         let aliases = pod
@@ -528,9 +535,21 @@ impl Worker {
             crate::resolv::resolv_conf(pod, &host_resolv, cfg.cluster_dns, &cfg.cluster_domain);
         let ip = self
             .blocking(move |a| -> anyhow::Result<std::net::Ipv4Addr> {
-                sandbox.create(&hostname)?;
-                let ip = a.network.attach(&uid, &sandbox.net())?;
-                write_etc_files(&pod_dir, &hostname, &ip.to_string(), &aliases, &resolv)?;
+                sandbox.create(&hostname, host_network)?;
+                let (ip, hosts) = if host_network {
+                    let node_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+                    (a.host_ip.parse()?, Some(node_hosts))
+                } else {
+                    (a.network.attach(&uid, &sandbox.net())?, None)
+                };
+                let etc = EtcFiles {
+                    hostname: &hostname,
+                    ip: &ip.to_string(),
+                    node_hosts: hosts.as_deref(),
+                    aliases: &aliases,
+                    resolv: &resolv,
+                };
+                etc.write(&pod_dir)?;
                 Ok(ip)
             })
             .await?;
@@ -1176,30 +1195,40 @@ fn image_file(agent: &Agent, image: &runtime::images::Image, path: &str) -> Stri
 }
 
 /// The pod's /etc/hosts, /etc/hostname and /etc/resolv.conf, as kubelet manages them.
-fn write_etc_files(
-    pod_dir: &std::path::Path,
-    hostname: &str,
-    ip: &str,
-    aliases: &[k8s_openapi::api::core::v1::HostAlias],
-    resolv: &str,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(pod_dir)?;
-    let mut hosts = format!(
-        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{ip}\t{hostname}\n"
-    );
-    if !aliases.is_empty() {
-        hosts.push_str("\n# Entries added by HostAliases.\n");
-        for a in aliases {
-            hosts.push_str(&format!(
-                "{}\t{}\n",
-                a.ip,
-                a.hostnames.clone().unwrap_or_default().join("\t")
-            ));
+/// The files a pod's containers get in /etc.
+struct EtcFiles<'a> {
+    hostname: &'a str,
+    ip: &'a str,
+    /// The node's /etc/hosts, which a pod in the node's network starts from.
+    node_hosts: Option<&'a str>,
+    aliases: &'a [k8s_openapi::api::core::v1::HostAlias],
+    resolv: &'a str,
+}
+
+impl EtcFiles<'_> {
+    fn write(&self, pod_dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(pod_dir)?;
+        let (ip, hostname) = (self.ip, self.hostname);
+        let mut hosts = match self.node_hosts {
+            Some(node) => node.to_string(),
+            None => format!(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{ip}\t{hostname}\n"
+            ),
+        };
+        if !self.aliases.is_empty() {
+            hosts.push_str("\n# Entries added by HostAliases.\n");
+            for a in self.aliases {
+                hosts.push_str(&format!(
+                    "{}\t{}\n",
+                    a.ip,
+                    a.hostnames.clone().unwrap_or_default().join("\t")
+                ));
+            }
         }
+        std::fs::write(pod_dir.join("etc-hosts"), hosts)?;
+        std::fs::write(pod_dir.join("etc-hostname"), format!("{hostname}\n"))?;
+        std::fs::write(pod_dir.join("resolv.conf"), self.resolv)
     }
-    std::fs::write(pod_dir.join("etc-hosts"), hosts)?;
-    std::fs::write(pod_dir.join("etc-hostname"), format!("{hostname}\n"))?;
-    std::fs::write(pod_dir.join("resolv.conf"), resolv)
 }
 
 /// Removes a container's log file and its rotated predecessors (`N.log.1`...).

@@ -1,7 +1,8 @@
 //! A pod's sandbox: the network, IPC and UTS namespaces its containers share, pinned by bind
 //! mounts of their namespace files so that they live without any process (upstream holds them
 //! with a pause container; a pinned file does the same without one). The UTS namespace carries
-//! the pod's hostname.
+//! the pod's hostname. A pod in the node's network (`hostNetwork`) pins the node's own network
+//! and UTS namespaces instead, so its containers join those the same way.
 //!
 //! ```text
 //! <root>/<pod uid>/net   ipc   uts
@@ -51,8 +52,9 @@ impl Sandbox {
         KINDS.iter().all(|k| is_namespace(&self.dir.join(k)))
     }
 
-    /// Creates the namespaces, with `hostname` in the UTS one. A sandbox that exists is kept.
-    pub fn create(&self, hostname: &str) -> io::Result<()> {
+    /// Creates the namespaces, with `hostname` in the UTS one, or with the node's network and
+    /// UTS namespaces if `host_network`. A sandbox that exists is kept.
+    pub fn create(&self, hostname: &str, host_network: bool) -> io::Result<()> {
         if self.exists() {
             return Ok(());
         }
@@ -66,18 +68,22 @@ impl Sandbox {
         // Namespaces belong to threads: a fresh thread enters new ones, pins them and ends,
         // leaving every other thread of the agent where it was.
         std::thread::spawn(move || -> io::Result<()> {
-            unshare(
-                CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
-            )?;
-            nix::unistd::sethostname(&hostname)?;
-            // A child forked from this thread is in its namespaces: loopback comes up there.
-            let lo = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()?;
-            if !lo.success() {
-                return Err(io::Error::other(
-                    "ip link set lo up failed in the pod's network",
-                ));
+            if host_network {
+                unshare(CloneFlags::CLONE_NEWIPC)?;
+            } else {
+                unshare(
+                    CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
+                )?;
+                nix::unistd::sethostname(&hostname)?;
+                // A child forked from this thread is in its namespaces: loopback comes up there.
+                let lo = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()?;
+                if !lo.success() {
+                    return Err(io::Error::other(
+                        "ip link set lo up failed in the pod's network",
+                    ));
+                }
             }
             for kind in KINDS {
                 let own = format!("/proc/thread-self/ns/{kind}");
@@ -123,7 +129,7 @@ mod tests {
         let root = tempfile::tempdir().expect("test");
         let sandbox = Sandbox::at(root.path(), "uid-1");
         assert!(!sandbox.exists());
-        sandbox.create("my-pod").expect("test");
+        sandbox.create("my-pod", false).expect("test");
         assert!(sandbox.exists());
         let out = std::process::Command::new("nsenter")
             .arg(format!("--uts={}", sandbox.uts().display()))
@@ -131,9 +137,27 @@ mod tests {
             .output()
             .expect("test");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "my-pod");
-        sandbox.create("other").expect("test"); // kept as it is
+        sandbox.create("other", false).expect("test"); // kept as it is
         sandbox.remove();
         assert!(!sandbox.exists());
         assert!(!sandbox.dir.exists());
+    }
+
+    #[test]
+    fn a_host_network_sandbox_pins_the_nodes_network_and_hostname() {
+        if !nix::unistd::Uid::effective().is_root() {
+            panic!("this test needs root (it creates namespaces)");
+        }
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("test");
+        let sandbox = Sandbox::at(root.path(), "uid-2");
+        let before = nix::unistd::gethostname().expect("hostname");
+        sandbox.create("ignored", true).expect("test");
+        assert_eq!(nix::unistd::gethostname().expect("hostname"), before);
+        let ino = |p: &Path| fs::metadata(p).expect("ns").ino();
+        assert_eq!(ino(&sandbox.net()), ino(Path::new("/proc/self/ns/net")));
+        assert_eq!(ino(&sandbox.uts()), ino(Path::new("/proc/self/ns/uts")));
+        assert_ne!(ino(&sandbox.ipc()), ino(Path::new("/proc/self/ns/ipc")));
+        sandbox.remove();
     }
 }
