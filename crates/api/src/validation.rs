@@ -250,6 +250,21 @@ pub fn labels_and_annotations(obj: &Value, errs: &mut ErrorList) {
     }
 }
 
+/// The sysctls Kubernetes counts as safe: kubelet allows them without
+/// `--allowed-unsafe-sysctls`, and the baseline Pod Security Standard admits them.
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ pub async fn admit_create(
         crate::limit_range::admit_pod(state, obj).await?;
     }
     Ok(match &namespace {
-        Some(ns) => pod_security(rt, ns, obj, None)?,
+        Some(ns) => pod_security(rt, ns, obj)?,
         None => Vec::new(),
     })
 }
@@ -62,7 +62,10 @@ pub async fn admit_update(
     new: &Value,
 ) -> Result<Vec<String>> {
     if !(rt.group.is_empty() && rt.kind == "Namespace") {
-        if !rt.namespaced {
+        // a workload's pod template is checked again when it changes (a pod's spec changes
+        // only where it is mutable, its images, which are not checked)
+        let template = crate::pod_security::template_spec(rt.kind, new);
+        if template.is_none() || template == crate::pod_security::template_spec(rt.kind, current) {
             return Ok(Vec::new());
         }
         let nsrt = registry()
@@ -71,7 +74,7 @@ pub async fn admit_update(
         let Ok((namespace, _)) = state.storage.get(nsrt, "", meta::namespace(new)).await else {
             return Ok(Vec::new());
         };
-        return pod_security(rt, &namespace, new, Some(current));
+        return pod_security(rt, &namespace, new);
     }
     pod_security_labels(new)?;
     let (old, now) = (
@@ -122,13 +125,8 @@ fn pod_security_labels(ns: &Value) -> Result<()> {
 }
 
 /// Pod Security admission of a pod (enforced) or a workload's pod template (warned about) in
-/// `namespace`; on update only when the pod spec changed.
-fn pod_security(
-    rt: &ResourceType,
-    namespace: &Value,
-    obj: &Value,
-    old: Option<&Value>,
-) -> Result<Vec<String>> {
+/// `namespace`.
+fn pod_security(rt: &ResourceType, namespace: &Value, obj: &Value) -> Result<Vec<String>> {
     let pod = rt.group.is_empty() && rt.kind == "Pod";
     let spec = if pod {
         Some(&obj["spec"])
@@ -138,13 +136,6 @@ fn pod_security(
     let Some(spec) = spec else {
         return Ok(Vec::new());
     };
-    if let Some(old) = old {
-        // a pod's spec changes only where it is mutable (images); a template is checked again
-        // when it changes
-        if pod || crate::pod_security::template_spec(rt.kind, old) == Some(spec) {
-            return Ok(Vec::new());
-        }
-    }
     let policy = crate::pod_security::policy(namespace["metadata"].get("labels"));
     let decision = crate::pod_security::evaluate(&policy, spec, pod);
     if let Some(denied) = decision.denied {

@@ -314,24 +314,12 @@ fn check(level: Level, spec: &Value) -> Vec<Violation> {
             add("seccompProfile_baseline", "seccompProfile", detail);
         }
     }
-    const SAFE_SYSCTLS: &[&str] = &[
-        "kernel.shm_rmid_forced",
-        "net.ipv4.ip_local_port_range",
-        "net.ipv4.ip_unprivileged_port_start",
-        "net.ipv4.tcp_syncookies",
-        "net.ipv4.ping_group_range",
-        "net.ipv4.ip_local_reserved_ports",
-        "net.ipv4.tcp_keepalive_time",
-        "net.ipv4.tcp_fin_timeout",
-        "net.ipv4.tcp_keepalive_intvl",
-        "net.ipv4.tcp_keepalive_probes",
-    ];
     let sysctls: Vec<String> = pod_sc["sysctls"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|s| s["name"].as_str())
-        .filter(|n| !SAFE_SYSCTLS.contains(n))
+        .filter(|n| !api::validation::SAFE_SYSCTLS.contains(n))
         .map(str::to_string)
         .collect();
     if !sysctls.is_empty() {

@@ -325,51 +325,44 @@ pub async fn reconcile_api_service(
             .find(group, version, plural)
             .ok_or_else(|| anyhow::anyhow!("{plural} are not registered"))
     };
-    let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-    crate::bootstrap::create_missing(
-        storage,
-        find("services")?,
+    let service = |ns: &str, name: &str, labels: Value, ip: Ipv4Addr, ports: Value| {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": labels},
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
-                "clusterIP": ranges.api_server_ip().to_string(),
-                "clusterIPs": [ranges.api_server_ip().to_string()],
+                "clusterIP": ip.to_string(),
+                "clusterIPs": [ip.to_string()],
                 "ipFamilies": ["IPv4"],
                 "ipFamilyPolicy": "SingleStack",
-                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "ports": ports,
                 "sessionAffinity": "None",
                 "type": "ClusterIP",
             },
-        }),
-    )
-    .await?;
+        })
+    };
+    let api = service(
+        "default",
+        "kubernetes",
+        json!({"component": "apiserver", "provider": "kubernetes"}),
+        ranges.api_server_ip(),
+        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]),
+    );
     // the cluster DNS: every node answers its own pods at this address (see node::proxy)
-    crate::bootstrap::create_missing(
-        storage,
-        find("services")?,
-        json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "bosun-dns"}},
-            "spec": {
-                "clusterIP": ranges.dns_ip().to_string(),
-                "clusterIPs": [ranges.dns_ip().to_string()],
-                "ipFamilies": ["IPv4"],
-                "ipFamilyPolicy": "SingleStack",
-                "internalTrafficPolicy": "Local",
-                "ports": [
-                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-                ],
-                "sessionAffinity": "None",
-                "type": "ClusterIP",
-            },
-        }),
-    )
-    .await?;
+    let mut dns = service(
+        "kube-system",
+        "kube-dns",
+        json!({"k8s-app": "kube-dns", "kubernetes.io/name": "bosun-dns"}),
+        ranges.dns_ip(),
+        json!([
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+        ]),
+    );
+    dns["spec"]["internalTrafficPolicy"] = json!("Local");
+    for svc in [api, dns] {
+        crate::bootstrap::create_missing(storage, find("services")?, svc).await?;
+    }
     let endpoints = json!({
         "apiVersion": "v1",
         "kind": "Endpoints",

@@ -472,14 +472,7 @@ fn stale_udp_flows(
             .unwrap_or(&[]);
         if old.is_empty() && !endpoints.is_empty() {
             for a in addrs {
-                out.push(vec![
-                    "-p".into(),
-                    "udp".into(),
-                    "--orig-dst".into(),
-                    a.to_string(),
-                    "--orig-port-dst".into(),
-                    port.to_string(),
-                ]);
+                out.push(udp_flow(a, "--orig-port-dst", port.to_string()));
             }
         }
     }
@@ -490,18 +483,19 @@ fn stale_udp_flows(
             .filter(|e| !now.iter().any(|n| n.ip == e.ip))
         {
             for a in addrs {
-                out.push(vec![
-                    "-p".into(),
-                    "udp".into(),
-                    "--orig-dst".into(),
-                    a.to_string(),
-                    "--dst-nat".into(),
-                    gone.ip.to_string(),
-                ]);
+                out.push(udp_flow(a, "--dst-nat", gone.ip.to_string()));
             }
         }
     }
     out
+}
+
+/// conntrack's selection of the UDP flows to `addr` with `filter` `value`.
+fn udp_flow(addr: &Ipv4Addr, filter: &str, value: String) -> Vec<String> {
+    let head = ["-p", "udp", "--orig-dst"].map(String::from);
+    head.into_iter()
+        .chain([addr.to_string(), filter.to_string(), value])
+        .collect()
 }
 
 /// Deletes conntrack entries (`conntrack -D ARGS`); without the conntrack tool, says so once.

@@ -98,7 +98,7 @@ impl Caches {
 
 /// `namespace/name` from `store`, or else from the API (`None` if it does not exist). Errors
 /// are the API's, as kubelet reports them (`configmap "x" not found` is not an error here).
-pub async fn get<K>(
+async fn get<K>(
     store: &Store<K>,
     client: &kube::Client,
     namespace: &str,
@@ -116,4 +116,27 @@ where
         .await
         .map(|o| o.map(Arc::new))
         .map_err(|e| e.to_string())
+}
+
+/// The objects named `names` in `namespace` that exist (see [`get`]), by name, and the errors
+/// met reading the others.
+pub async fn get_all<K>(
+    store: &Store<K>,
+    client: &kube::Client,
+    namespace: &str,
+    names: impl IntoIterator<Item = String>,
+) -> (std::collections::BTreeMap<String, Arc<K>>, Vec<String>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    let (mut found, mut errors) = (std::collections::BTreeMap::new(), Vec::new());
+    for name in names {
+        match get(store, client, namespace, &name).await {
+            Ok(Some(obj)) => drop(found.insert(name, obj)),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    (found, errors)
 }

@@ -109,30 +109,20 @@ pub fn pod_policies(
                 }
                 t
             });
-            if types.iter().any(|t| t == "Ingress") {
-                let rules = ingress.get_or_insert_with(Vec::new);
-                for r in pspec.ingress.iter().flatten() {
-                    rules.push(rule(
-                        r.from.as_deref(),
-                        r.ports.as_deref(),
-                        &ns,
-                        pod,
-                        &ns_labels,
-                        pods,
-                    ));
-                }
-            }
-            if types.iter().any(|t| t == "Egress") {
-                let rules = egress.get_or_insert_with(Vec::new);
-                for r in pspec.egress.iter().flatten() {
-                    rules.push(rule(
-                        r.to.as_deref(),
-                        r.ports.as_deref(),
-                        &ns,
-                        pod,
-                        &ns_labels,
-                        pods,
-                    ));
+            let ingress_rules = pspec.ingress.iter().flatten();
+            let ingress_rules = ingress_rules.map(|r| (r.from.as_deref(), r.ports.as_deref()));
+            let egress_rules = pspec.egress.iter().flatten();
+            let egress_rules = egress_rules.map(|r| (r.to.as_deref(), r.ports.as_deref()));
+            let directions: [(&str, &mut Option<Vec<_>>, Vec<_>); 2] = [
+                ("Ingress", &mut ingress, ingress_rules.collect()),
+                ("Egress", &mut egress, egress_rules.collect()),
+            ];
+            for (kind, slot, rules) in directions {
+                if types.iter().any(|t| t == kind) {
+                    let out = slot.get_or_insert_with(Vec::new);
+                    for (peers, ports) in rules {
+                        out.push(rule(peers, ports, &ns, pod, &ns_labels, pods));
+                    }
                 }
             }
         }

@@ -49,6 +49,7 @@ pub async fn run(
         loop {
             tokio::time::sleep(GATHER).await;
             let (services, slices) = (services.state(), slices.state());
+            let slices = by_service(&slices);
             dns.server.set_zone(zone(&services, &slices));
             let mut ports = service_ports(&services, &slices, &node_name);
             for p in ports
@@ -80,8 +81,11 @@ pub async fn run(
     }
 }
 
+/// EndpointSlices grouped by their Service's (namespace, name).
+pub type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a EndpointSlice>>;
+
 /// The slices of each Service, by (namespace, name).
-fn by_service(slices: &[Arc<EndpointSlice>]) -> BTreeMap<(String, String), Vec<&EndpointSlice>> {
+pub fn by_service(slices: &[Arc<EndpointSlice>]) -> SlicesByService<'_> {
     let mut out: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
@@ -93,13 +97,13 @@ fn by_service(slices: &[Arc<EndpointSlice>]) -> BTreeMap<(String, String), Vec<&
     out
 }
 
-/// What the kernel rules should say for `services` and their `slices`, seen from `node`.
+/// What the kernel rules should say for `services` and their slices ([`by_service`]), seen
+/// from `node`.
 pub fn service_ports(
     services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
+    by_service: &SlicesByService,
     node: &str,
 ) -> Vec<ServicePort> {
-    let by_service = by_service(slices);
     let mut out = Vec::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
@@ -174,8 +178,7 @@ pub fn service_ports(
 
 /// What the cluster DNS knows of `services`: addresses, ports, and the ready endpoints of
 /// headless ones.
-pub fn zone(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> network::dns::Zone {
-    let by_service = by_service(slices);
+pub fn zone(services: &[Arc<Service>], by_service: &SlicesByService) -> network::dns::Zone {
     let mut zone = network::dns::Zone::default();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };

@@ -51,10 +51,13 @@ fn allocatable_memory(capacity: u64) -> u64 {
     capacity.saturating_sub(100 << 20)
 }
 
-/// The node's allocatable cpu (millicores) and memory (bytes).
+/// The node's allocatable cpu (millicores) and memory (bytes), read once.
 pub(crate) fn allocatable_cpu_memory() -> (i64, i64) {
-    let memory = allocatable_memory(memory_bytes());
-    (cpus() as i64 * 1000, memory as i64)
+    static ALLOCATABLE: std::sync::OnceLock<(i64, i64)> = std::sync::OnceLock::new();
+    *ALLOCATABLE.get_or_init(|| {
+        let memory = allocatable_memory(memory_bytes());
+        (cpus() as i64 * 1000, memory as i64)
+    })
 }
 
 pub(crate) fn memory_bytes() -> u64 {

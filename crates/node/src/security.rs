@@ -9,20 +9,6 @@
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityContext};
 use runtime::container::{Seccomp, Security};
 
-/// The sysctls kubelet allows without `--allowed-unsafe-sysctls`.
-const SAFE_SYSCTLS: &[&str] = &[
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-];
-
 fn contexts(pod: &Pod, c: &Container) -> (Option<PodSecurityContext>, Option<SecurityContext>) {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.clone());
     (pod_sc, c.security_context.clone())
@@ -37,7 +23,7 @@ pub fn forbidden_sysctls(pod: &Pod) -> Vec<String> {
         .flat_map(|s| s.iter())
         .map(|s| s.name.clone());
     names
-        .filter(|n| !SAFE_SYSCTLS.contains(&n.replace('/', ".").as_str()))
+        .filter(|n| !api::validation::SAFE_SYSCTLS.contains(&n.replace('/', ".").as_str()))
         .collect()
 }
 

@@ -524,18 +524,18 @@ impl Worker {
         };
         let uid = self.uid.clone();
         let pod_dir = self.pod_dir();
-        let aliases = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_aliases.clone())
-            .unwrap_or_default();
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let cfg = &self.agent.config;
-        let resolv =
-            crate::resolv::resolv_conf(pod, &host_resolv, cfg.cluster_dns, &cfg.cluster_domain);
+        let pod = pod.clone();
         let ip = self
             .blocking(move |a| -> anyhow::Result<std::net::Ipv4Addr> {
                 sandbox.create(&hostname, host_network)?;
+                let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let cfg = &a.config;
+                let resolv = crate::resolv::resolv_conf(
+                    &pod,
+                    &host_resolv,
+                    cfg.cluster_dns,
+                    &cfg.cluster_domain,
+                );
                 let (ip, hosts) = if host_network {
                     let node_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
                     (a.host_ip.parse()?, Some(node_hosts))
@@ -546,7 +546,11 @@ impl Worker {
                     hostname: &hostname,
                     ip: &ip.to_string(),
                     node_hosts: hosts.as_deref(),
-                    aliases: &aliases,
+                    aliases: pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.host_aliases.as_deref())
+                        .unwrap_or_default(),
                     resolv: &resolv,
                 };
                 etc.write(&pod_dir)?;
@@ -666,24 +670,18 @@ impl Worker {
         let refs = crate::projection::references(pod);
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let (caches, client) = (&self.agent.caches, &self.agent.client);
+        let (config_maps, failed) =
+            crate::cache::get_all(&caches.config_maps, client, &ns, refs.config_maps).await;
+        errors.extend(failed);
+        let (secrets, failed) =
+            crate::cache::get_all(&caches.secrets, client, &ns, refs.secrets).await;
+        errors.extend(failed);
         let mut sources = crate::projection::Sources {
+            config_maps,
+            secrets,
+            tokens: Default::default(),
             node_allocatable: crate::registration::allocatable_cpu_memory(),
-            ..Default::default()
         };
-        for name in refs.config_maps {
-            match crate::cache::get(&caches.config_maps, client, &ns, &name).await {
-                Ok(Some(cm)) => drop(sources.config_maps.insert(name, cm)),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        for name in refs.secrets {
-            match crate::cache::get(&caches.secrets, client, &ns, &name).await {
-                Ok(Some(s)) => drop(sources.secrets.insert(name, s)),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
-        }
         let now = Utc::now();
         self.tokens.retain(|r, _| refs.tokens.contains(r));
         for request in refs.tokens {
@@ -749,20 +747,27 @@ impl Worker {
             node_allocatable: crate::registration::allocatable_cpu_memory(),
             ..Default::default()
         };
-        for name in config_maps {
-            if let Some(cm) = crate::cache::get(&caches.config_maps, client, ns, &name).await? {
-                sources
-                    .config_maps
-                    .insert(name, cm.data.clone().unwrap_or_default());
-            }
+        let (config_maps, failed) =
+            crate::cache::get_all(&caches.config_maps, client, ns, config_maps).await;
+        if let Some(e) = failed.into_iter().next() {
+            return Err(e);
         }
-        for name in secrets {
-            if let Some(secret) = crate::cache::get(&caches.secrets, client, ns, &name).await? {
+        let (secrets, failed) = crate::cache::get_all(&caches.secrets, client, ns, secrets).await;
+        if let Some(e) = failed.into_iter().next() {
+            return Err(e);
+        }
+        sources.config_maps = config_maps
+            .into_iter()
+            .map(|(name, cm)| (name, cm.data.clone().unwrap_or_default()))
+            .collect();
+        sources.secrets = secrets
+            .into_iter()
+            .map(|(name, secret)| {
                 let data = secret.data.iter().flatten();
                 let data = data.map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into()));
-                sources.secrets.insert(name, data.collect());
-            }
-        }
+                (name, data.collect())
+            })
+            .collect();
         Ok(sources)
     }
 
