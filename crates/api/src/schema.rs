@@ -18,6 +18,11 @@ pub fn definitions() -> &'static Map<String, Value> {
         for r in &crate::registry().resources {
             (r.schema)(&mut generator);
         }
+        // the bodies of subresources, which are no resources of their own
+        generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
+        generator.subschema_for::<k8s_openapi::api::policy::v1::Eviction>();
+        generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
+        generator.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
         generator.take_definitions(true)
     })
 }

@@ -26,6 +26,7 @@ pub async fn admit_create(
     user: &crate::authn::UserInfo,
     obj: &mut Value,
 ) -> Result<Vec<String>> {
+    crate::node_restriction::admit_object(user, rt, None, obj)?;
     if rt.kind == "CertificateSigningRequest" {
         // who asks is recorded by the server, never taken from the request
         obj["spec"]["username"] = json!(user.name);

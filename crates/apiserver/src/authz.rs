@@ -1,4 +1,5 @@
-//! Authorization: the privileged group `system:masters`, then RBAC (Roles, ClusterRoles with
+//! Authorization: the privileged group `system:masters`, the Node authorizer for node agents
+//! (`crate::node_authz`), then RBAC (Roles, ClusterRoles with
 //! aggregation, RoleBindings, ClusterRoleBindings) evaluated as upstream's RBAC authorizer does,
 //! and the 403 messages upstream words.
 
@@ -245,6 +246,11 @@ pub async fn allowed(storage: &Storage, user: &UserInfo, a: &Attributes) -> Resu
     if user.groups.iter().any(|g| g == "system:masters") {
         return Ok(true);
     }
+    if let Some(node) = crate::node_authz::node_name(user)
+        && crate::node_authz::allows(storage, node, a).await?
+    {
+        return Ok(true);
+    }
     Ok(rules_for(storage, user, &a.namespace)
         .await?
         .iter()
@@ -430,7 +436,10 @@ pub async fn authorize(storage: &Storage, user: &UserInfo, a: &Attributes) -> Re
     if allowed(storage, user, a).await? {
         return Ok(());
     }
-    let reason = denial(user, a);
+    let mut reason = denial(user, a);
+    if let Some(why) = crate::node_authz::denial_reason(user, a) {
+        reason = format!("{reason}: {why}");
+    }
     let message = if !a.is_resource() {
         format!("forbidden: {reason}")
     } else {

@@ -84,6 +84,81 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
 }
 
+/// The rules of upstream's `system:node` role: what a node agent needs. The Node authorizer
+/// (`crate::node_authz`) grants them to every node, narrowed to what concerns the node itself.
+pub fn node_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &["nodes"],
+            &[
+                "create", "get", "list", "watch", "update", "patch", "delete",
+            ],
+        ),
+        rule(
+            &[""],
+            &["nodes/status", "pods/status"],
+            &["patch", "update"],
+        ),
+        rule(
+            &["", "events.k8s.io"],
+            &["events"],
+            &["create", "patch", "update"],
+        ),
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        rule(&[""], &["pods/eviction"], &["create"]),
+        rule(&[""], &["services", "endpoints"], &["get", "list", "watch"]),
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["get", "list", "watch"],
+        ),
+        // NetworkPolicy enforcement reads the policies and the namespaces' labels
+        rule(
+            &["networking.k8s.io"],
+            &["networkpolicies"],
+            &["get", "list", "watch"],
+        ),
+        rule(&[""], &["namespaces"], &["get", "list", "watch"]),
+        rule(
+            &[""],
+            &[
+                "secrets",
+                "configmaps",
+                "persistentvolumeclaims",
+                "persistentvolumes",
+            ],
+            &["get", "list", "watch"],
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "create", "update", "patch", "delete"],
+        ),
+        rule(
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+            &["create", "get", "list", "watch"],
+        ),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+        rule(
+            &["node.k8s.io"],
+            &["runtimeclasses"],
+            &["get", "list", "watch"],
+        ),
+    ]
+}
+
 fn urls(paths: &[&str], verbs: &[&str]) -> Value {
     json!({"nonResourceURLs": paths, "verbs": verbs})
 }
@@ -451,86 +526,11 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             None,
         ),
         // what a node agent (kubelet) needs, as upstream's `system:node` role grants it
-        cluster_role(
-            "system:node",
-            json!({}),
-            vec![
-                rule(
-                    &[""],
-                    &["nodes"],
-                    &[
-                        "create", "get", "list", "watch", "update", "patch", "delete",
-                    ],
-                ),
-                rule(
-                    &[""],
-                    &["nodes/status", "pods/status"],
-                    &["patch", "update"],
-                ),
-                rule(
-                    &["", "events.k8s.io"],
-                    &["events"],
-                    &["create", "patch", "update"],
-                ),
-                rule(
-                    &[""],
-                    &["pods"],
-                    &["get", "list", "watch", "create", "delete"],
-                ),
-                rule(&[""], &["pods/eviction"], &["create"]),
-                rule(&[""], &["services", "endpoints"], &["get", "list", "watch"]),
-                rule(
-                    &["discovery.k8s.io"],
-                    &["endpointslices"],
-                    &["get", "list", "watch"],
-                ),
-                // NetworkPolicy enforcement reads the policies and the namespaces' labels
-                rule(
-                    &["networking.k8s.io"],
-                    &["networkpolicies"],
-                    &["get", "list", "watch"],
-                ),
-                rule(&[""], &["namespaces"], &["get", "list", "watch"]),
-                rule(
-                    &[""],
-                    &[
-                        "secrets",
-                        "configmaps",
-                        "persistentvolumeclaims",
-                        "persistentvolumes",
-                    ],
-                    &["get", "list", "watch"],
-                ),
-                rule(&[""], &["serviceaccounts/token"], &["create"]),
-                rule(
-                    &["coordination.k8s.io"],
-                    &["leases"],
-                    &["get", "create", "update", "patch", "delete"],
-                ),
-                rule(
-                    &["certificates.k8s.io"],
-                    &["certificatesigningrequests"],
-                    &["create", "get", "list", "watch"],
-                ),
-                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
-                rule(
-                    &["authorization.k8s.io"],
-                    &["subjectaccessreviews"],
-                    &["create"],
-                ),
-                rule(
-                    &["node.k8s.io"],
-                    &["runtimeclasses"],
-                    &["get", "list", "watch"],
-                ),
-            ],
-            None,
-        ),
+        cluster_role("system:node", json!({}), node_rules(), None),
     ];
     let bindings = vec![
-        // Upstream leaves `system:node` unbound and relies on the Node authorizer; until bosun
-        // has one, every node is granted the role through its group.
-        cluster_binding("system:node", "system:node", json!([group("system:nodes")])),
+        // left without subjects, as upstream: the Node authorizer grants nodes what they need
+        cluster_binding("system:node", "system:node", json!([])),
         cluster_binding(
             "cluster-admin",
             "cluster-admin",

@@ -65,6 +65,13 @@ pub fn flag(q: &HashMap<String, String>, key: &str) -> bool {
     matches!(q.get(key).map(String::as_str), Some("true" | "1"))
 }
 
+/// The one object a list or watch selects by `fieldSelector=metadata.name=NAME`, which
+/// authorization sees as that object's name, as upstream's `RequestInfoFactory` reads it.
+pub fn selected_name(query: &HashMap<String, String>) -> Option<String> {
+    let selector = api::selector::FieldSelector::parse(query.get("fieldSelector")?).ok()?;
+    selector.required("metadata.name").map(str::to_string)
+}
+
 /// Reads a resource request from a path under `/api` or `/apis`; `None` for other paths.
 pub fn parse(method: &Method, path: &str, query: &HashMap<String, String>) -> Option<RequestInfo> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

@@ -495,3 +495,160 @@ fn an_admin_issues_a_user_a_client_certificate() {
     );
     assert!(c.ok(&["get", "csr", "jane"]).contains("Approved,Issued"));
 }
+
+/// A node agent's identity reads only what the pods bound to it use and changes only itself
+/// and its pods (Node authorizer and NodeRestriction). Requests are made as the nodes by
+/// impersonation, which authorization and admission judge as the nodes' own.
+#[test]
+fn a_node_reaches_only_what_its_own_pods_use() {
+    let c = Cluster::start();
+    c.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2}\n",
+    );
+    c.ok(&["create", "secret", "generic", "mine", "--from-literal=k=1"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "theirs",
+        "--from-literal=k=2",
+    ]);
+    c.ok(&["create", "configmap", "settings", "--from-literal=k=3"]);
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: p1}
+spec:
+  nodeName: n1
+  volumes: [{name: s, secret: {secretName: mine}}]
+  containers:
+  - name: c
+    image: busybox:1.36
+    env: [{name: K, valueFrom: {configMapKeyRef: {name: settings, key: k}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p2}
+spec:
+  nodeName: n2
+  volumes: [{name: s, secret: {secretName: theirs}}]
+  containers: [{name: c, image: busybox:1.36}]
+"#,
+    );
+    fn as_n1<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        [args, &["--as=system:node:n1", "--as-group=system:nodes"]].concat()
+    }
+
+    // reads: its pods' objects, one at a time
+    assert_eq!(
+        c.ok(&as_n1(&["get", "secret", "mine", "-o", "name"]))
+            .trim(),
+        "secret/mine"
+    );
+    c.ok(&as_n1(&["get", "configmap", "settings"]));
+    assert!(
+        c.ok(&as_n1(&[
+            "get",
+            "secrets",
+            "--field-selector=metadata.name=mine",
+            "-o",
+            "name"
+        ]))
+        .contains("secret/mine")
+    );
+    let denied = c.fails(&as_n1(&["get", "secret", "theirs"]));
+    assert!(
+        denied.contains(r#"User "system:node:n1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'n1' and this object"#),
+        "{denied}"
+    );
+    assert!(c.fails(&as_n1(&["get", "secrets"])).contains("Forbidden"));
+    // the other node reads its own
+    c.ok(&[
+        "get",
+        "secret",
+        "theirs",
+        "--as=system:node:n2",
+        "--as-group=system:nodes",
+    ]);
+
+    // writes: only itself and its own pods
+    let denied = c.fails(&as_n1(&["delete", "pod", "p2"]));
+    assert!(
+        denied.contains(r#"node "n1" can only delete pods with spec.nodeName set to itself"#),
+        "{denied}"
+    );
+    // (kubectl patch reads pods/status first, which no node may; replace writes it straight)
+    let status = |pod: &str| {
+        let current = c.ok(&["get", "pod", pod, "-o", "json"]);
+        c.kubectl_stdin(
+            &as_n1(&["replace", "--subresource=status", "-f", "-"]),
+            &current,
+        )
+    };
+    let denied = String::from_utf8_lossy(&status("p2").stderr).into_owned();
+    assert!(
+        denied.contains(
+            r#"node "n1" can only update pod status for pods with spec.nodeName set to itself"#
+        ),
+        "{denied}"
+    );
+    assert!(status("p1").status.success());
+    let denied = c.fails(&as_n1(&["label", "node", "n2", "team=a"]));
+    assert!(
+        denied.contains(r#"node "n1" is not allowed to modify node "n2""#),
+        "{denied}"
+    );
+    c.ok(&as_n1(&["label", "node", "n1", "example.com/team=a"]));
+    let denied = c.fails(&as_n1(&["taint", "node", "n1", "k=v:NoSchedule"]));
+    assert!(
+        denied.contains(r#"node "n1" is not allowed to modify taints"#),
+        "{denied}"
+    );
+    let denied = c.fails(&as_n1(&[
+        "label",
+        "node",
+        "n1",
+        "node-restriction.kubernetes.io/pool=x",
+    ]));
+    assert!(
+        denied.contains("is not allowed to modify labels"),
+        "{denied}"
+    );
+    let denied = c.fails(&as_n1(&["run", "sneaky", "--image=busybox:1.36"]));
+    assert!(denied.contains("can only create mirror pods"), "{denied}");
+
+    // tokens: only for its own pods, bound by uid
+    let token = |pod: &str| {
+        let (name, uid) = (
+            format!("--bound-object-name={pod}"),
+            format!(
+                "--bound-object-uid={}",
+                c.jp(&format!("pod/{pod}"), "{.metadata.uid}")
+            ),
+        );
+        c.kubectl(&as_n1(&[
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind=Pod",
+            &name,
+            &uid,
+        ]))
+    };
+    let issued = token("p1");
+    assert!(
+        issued.status.success() && !issued.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let denied = String::from_utf8_lossy(&token("p2").stderr).into_owned();
+    assert!(
+        denied.contains("node requested token bound to a pod scheduled on a different node"),
+        "{denied}"
+    );
+    let denied = c.fails(&as_n1(&["create", "token", "default"]));
+    assert!(
+        denied.contains("node requested token not bound to a pod"),
+        "{denied}"
+    );
+}

@@ -1,15 +1,18 @@
 //! The agent's caches of the API objects its pods consume: Services (for the proxy, the cluster
-//! DNS and containers' service variables), ConfigMaps and Secrets (for environment variables and
-//! volumes). Each is filled by a watch of every object of its kind, as kubelet's watch-based
-//! managers do; an object the cache has not seen yet is read from the API.
+//! DNS and containers' service variables), filled by a watch of every Service; ConfigMaps and
+//! Secrets (for environment variables and volumes), each object its pods use kept by a watch of
+//! its own, as kubelet's watch-based managers do; an object its watch has not listed yet is
+//! read from the API.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
@@ -47,40 +50,32 @@ where
     (reader, task)
 }
 
-/// What fills the caches; taken once, by whoever runs the watches.
+/// What fills the Service cache; taken once, by whoever runs its watch.
 pub struct Writers {
     /// Fills [`Caches::services`].
     pub services: Writer<Service>,
-    /// Fills [`Caches::config_maps`].
-    pub config_maps: Writer<ConfigMap>,
-    /// Fills [`Caches::secrets`].
-    pub secrets: Writer<Secret>,
 }
 
 /// The caches.
 pub struct Caches {
     /// Every Service.
     pub services: Store<Service>,
-    /// Every ConfigMap.
-    pub config_maps: Store<ConfigMap>,
-    /// Every Secret.
-    pub secrets: Store<Secret>,
+    /// The ConfigMaps pods of this node use.
+    pub config_maps: Objects<ConfigMap>,
+    /// The Secrets pods of this node use.
+    pub secrets: Objects<Secret>,
     writers: Mutex<Option<Writers>>,
 }
 
 impl Default for Caches {
     fn default() -> Self {
         let (services, services_w) = reflector::store();
-        let (config_maps, config_maps_w) = reflector::store();
-        let (secrets, secrets_w) = reflector::store();
         Self {
             services,
-            config_maps,
-            secrets,
+            config_maps: Objects::default(),
+            secrets: Objects::default(),
             writers: Mutex::new(Some(Writers {
                 services: services_w,
-                config_maps: config_maps_w,
-                secrets: secrets_w,
             })),
         }
     }
@@ -96,47 +91,145 @@ impl Caches {
     }
 }
 
-/// `namespace/name` from `store`, or else from the API (`None` if it does not exist). Errors
-/// are the API's, as kubelet reports them (`configmap "x" not found` is not an error here).
-async fn get<K>(
-    store: &Store<K>,
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Arc<K>>, String>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    if let Some(obj) = store.get(&ObjectRef::new(name).within(namespace)) {
-        return Ok(Some(obj));
-    }
-    Api::<K>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map(|o| o.map(Arc::new))
-        .map_err(|e| e.to_string())
+/// How long an object nobody asked for stays watched.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// An object as its watch last saw it: `None` until the watch has listed it, then whether it
+/// exists.
+type Seen<K> = Arc<Mutex<Option<Option<Arc<K>>>>>;
+
+/// One watched object.
+struct Entry<K> {
+    seen: Seen<K>,
+    used: Instant,
+    watch: tokio::task::AbortHandle,
 }
 
-/// The objects named `names` in `namespace` that exist (see [`get`]), by name, and the errors
-/// met reading the others.
-pub async fn get_all<K>(
-    store: &Store<K>,
-    client: &kube::Client,
-    namespace: &str,
-    names: impl IntoIterator<Item = String>,
-) -> (std::collections::BTreeMap<String, Arc<K>>, Vec<String>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    let (mut found, mut errors) = (std::collections::BTreeMap::new(), Vec::new());
-    for name in names {
-        match get(store, client, namespace, &name).await {
-            Ok(Some(obj)) => drop(found.insert(name, obj)),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
+/// Single objects of kind `K`, each kept by a watch of its own (a list and watch selecting it
+/// by `metadata.name`), as kubelet's watch-based managers keep the ConfigMaps and Secrets its
+/// pods use: a node may read only those (the Node authorizer), never all of a kind. An object
+/// not asked for in five minutes is forgotten and its watch stopped.
+pub struct Objects<K> {
+    entries: Mutex<HashMap<(String, String), Entry<K>>>,
+    swept: Mutex<Instant>,
+}
+
+impl<K> Default for Objects<K> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
         }
     }
-    (found, errors)
+}
+
+impl<K> Objects<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// What the watch of `namespace/name` has seen, starting the watch if there is none.
+    fn seen(&self, client: &kube::Client, namespace: &str, name: &str) -> Seen<K> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if now.duration_since(*swept) > IDLE / 5 {
+                *swept = now;
+                entries.retain(|_, e| {
+                    let keep = now.duration_since(e.used) < IDLE;
+                    if !keep {
+                        e.watch.abort();
+                    }
+                    keep
+                });
+            }
+        }
+        let key = (namespace.to_string(), name.to_string());
+        let entry = entries.entry(key).or_insert_with(|| {
+            let seen: Seen<K> = Arc::new(Mutex::new(None));
+            let api = Api::<K>::namespaced(client.clone(), namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let task = tokio::spawn(keep(watcher(api, config).default_backoff(), seen.clone()));
+            Entry {
+                seen,
+                used: now,
+                watch: task.abort_handle(),
+            }
+        });
+        entry.used = now;
+        entry.seen.clone()
+    }
+
+    /// `namespace/name` as its watch has seen it, or else from the API (`None` if it does not
+    /// exist). Errors are the API's, as kubelet reports them (`configmap "x" not found` is not
+    /// an error here).
+    async fn get(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, String> {
+        let seen = self.seen(client, namespace, name);
+        let known = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(obj) = known {
+            return Ok(obj);
+        }
+        Api::<K>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map(|o| o.map(Arc::new))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The objects named `names` in `namespace` that exist (see [`Objects::get`]), by name, and
+    /// the errors met reading the others.
+    pub async fn get_all(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        names: impl IntoIterator<Item = String>,
+    ) -> (BTreeMap<String, Arc<K>>, Vec<String>) {
+        let (mut found, mut errors) = (BTreeMap::new(), Vec::new());
+        for name in names {
+            match self.get(client, namespace, &name).await {
+                Ok(Some(obj)) => drop(found.insert(name, obj)),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        (found, errors)
+    }
+}
+
+/// Keeps `seen` up to date from the events of one object's watch.
+async fn keep<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    seen: Seen<K>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut listed = None;
+    while let Some(event) = events.next().await {
+        let now = match event {
+            Ok(watcher::Event::Init) => {
+                listed = None;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                listed = Some(Arc::new(obj));
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => listed.take(),
+            Ok(watcher::Event::Apply(obj)) => Some(Arc::new(obj)),
+            Ok(watcher::Event::Delete(_)) => None,
+            // the watch starts again after a back-off; until then the last state stands
+            Err(_) => continue,
+        };
+        *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
 }

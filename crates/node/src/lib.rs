@@ -158,17 +158,6 @@ impl Agent {
             .caches
             .take_writers()
             .ok_or_else(|| anyhow::anyhow!("the agent runs once"))?;
-        let unheeded = Arc::new(tokio::sync::Notify::new());
-        let (_, config_maps) = cache::watch(
-            &self.client,
-            (self.caches.config_maps.clone(), writers.config_maps),
-            unheeded.clone(),
-        );
-        let (_, secrets) = cache::watch(
-            &self.client,
-            (self.caches.secrets.clone(), writers.secrets),
-            unheeded,
-        );
         let proxy = proxy::run(
             self.client.clone(),
             (self.caches.services.clone(), writers.services),
@@ -184,8 +173,6 @@ impl Agent {
                 r.map_err(|e| e.context("the network policy enforcement stopped"))
             }
             r = api => r,
-            () = config_maps => anyhow::bail!("the configmap watch ended"),
-            () = secrets => anyhow::bail!("the secret watch ended"),
         }
     }
 }

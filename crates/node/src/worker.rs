@@ -670,11 +670,12 @@ impl Worker {
         let refs = crate::projection::references(pod);
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let (caches, client) = (&self.agent.caches, &self.agent.client);
-        let (config_maps, failed) =
-            crate::cache::get_all(&caches.config_maps, client, &ns, refs.config_maps).await;
+        let (config_maps, failed) = caches
+            .config_maps
+            .get_all(client, &ns, refs.config_maps)
+            .await;
         errors.extend(failed);
-        let (secrets, failed) =
-            crate::cache::get_all(&caches.secrets, client, &ns, refs.secrets).await;
+        let (secrets, failed) = caches.secrets.get_all(client, &ns, refs.secrets).await;
         errors.extend(failed);
         let mut sources = crate::projection::Sources {
             config_maps,
@@ -747,12 +748,11 @@ impl Worker {
             node_allocatable: crate::registration::allocatable_cpu_memory(),
             ..Default::default()
         };
-        let (config_maps, failed) =
-            crate::cache::get_all(&caches.config_maps, client, ns, config_maps).await;
+        let (config_maps, failed) = caches.config_maps.get_all(client, ns, config_maps).await;
         if let Some(e) = failed.into_iter().next() {
             return Err(e);
         }
-        let (secrets, failed) = crate::cache::get_all(&caches.secrets, client, ns, secrets).await;
+        let (secrets, failed) = caches.secrets.get_all(client, ns, secrets).await;
         if let Some(e) = failed.into_iter().next() {
             return Err(e);
         }

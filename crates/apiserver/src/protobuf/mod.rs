@@ -423,6 +423,30 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_token_request_bound_to_a_pod() {
+        let bound = [
+            field(1, b"Pod"),
+            field(2, b"v1"),
+            field(3, b"p1"),
+            field(4, b"u1"),
+        ]
+        .concat();
+        let spec = [field(1, b"aud"), field(3, &bound)].concat();
+        let type_meta = [
+            field(1, b"authentication.k8s.io/v1"),
+            field(2, b"TokenRequest"),
+        ]
+        .concat();
+        let request = [field(1, b""), field(2, &spec)].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &request)].concat();
+        let obj = decode(&body, "io.k8s.api.authentication.v1.TokenRequest").expect("decodes");
+        assert_eq!(
+            obj["spec"],
+            json!({"audiences": ["aud"], "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p1", "uid": "u1"}})
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(b"k8s\0\x0a\xff", "io.k8s.api.core.v1.ConfigMap").is_err());
         assert!(decode(b"nope", "io.k8s.api.core.v1.ConfigMap").is_err());

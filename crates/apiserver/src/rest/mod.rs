@@ -103,8 +103,18 @@ pub async fn handle(
         headers,
         user,
     };
-    let attrs = crate::authz::Attributes::of(Some(&ctx.info), &method, path);
+    let mut attrs = crate::authz::Attributes::of(Some(&ctx.info), &method, path);
+    if matches!(ctx.info.verb, "list" | "watch")
+        && let Some(name) = crate::request::selected_name(&ctx.query)
+    {
+        attrs.name = name;
+    }
     if let Err(e) = crate::authz::authorize(&state.storage, &ctx.user, &attrs).await {
+        return e.into_response();
+    }
+    if let Err(e) =
+        crate::node_restriction::admit_request(&state, &ctx.user, ctx.rt, &ctx.info).await
+    {
         return e.into_response();
     }
     match dispatch(&state, &ctx, body).await {

@@ -151,8 +151,15 @@ pub async fn token(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
             .collect(),
         _ => vec![crate::tokens::ISSUER.to_string()],
     };
-    let pod = bound_pod(state, ctx, spec.get("boundObjectRef")).await?;
-    let pod = pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str()));
+    let bound = spec.get("boundObjectRef").filter(|b| !b.is_null());
+    let pod = bound_pod(state, ctx, bound).await?;
+    crate::node_restriction::admit_token(&ctx.user, ctx.rt, &ctx.info.name, bound, pod.as_ref())?;
+    let pod = pod.as_ref().map(|p| {
+        (
+            api::meta::name(p),
+            api::meta::meta_str(p, "uid").unwrap_or(""),
+        )
+    });
     let (token, exp) = state
         .tokens
         .issue(
@@ -176,14 +183,10 @@ pub async fn token(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respons
     Ok(codec::json_response(StatusCode::CREATED, &request))
 }
 
-/// The pod (name, uid) a TokenRequest's `boundObjectRef` names, checked as upstream does: it
-/// exists, runs as the service account, and has the uid given.
-async fn bound_pod(
-    state: &Arc<State>,
-    ctx: &Ctx,
-    bound: Option<&Value>,
-) -> Result<Option<(String, String)>> {
-    let Some(bound) = bound.filter(|b| !b.is_null()) else {
+/// The pod a TokenRequest's `boundObjectRef` names, checked as upstream does: it exists, runs
+/// as the service account, and has the uid given.
+async fn bound_pod(state: &Arc<State>, ctx: &Ctx, bound: Option<&Value>) -> Result<Option<Value>> {
+    let Some(bound) = bound else {
         return Ok(None);
     };
     let kind = bound.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -216,5 +219,5 @@ async fn bound_pod(
         );
         return Err(ApiError::conflict_because(rt, name, &why));
     }
-    Ok(Some((name.to_string(), uid)))
+    Ok(Some(pod))
 }

@@ -316,6 +316,7 @@ pub(super) async fn store_update(
     if ctx.rt.group == "rbac.authorization.k8s.io" {
         crate::authz::check_grant(&state.storage, &ctx.user, ctx.rt.kind, &new).await?;
     }
+    crate::node_restriction::admit_object(&ctx.user, ctx.rt, Some(current), &new)?;
     let warnings = if ctx.info.subresource.is_empty() {
         admission::admit_update(state, ctx.rt, current, &new).await?
     } else {
