@@ -25,6 +25,22 @@ fn each_item(m: &mut Map<String, Value>, key: &str, mut f: impl FnMut(&mut Map<S
     }
 }
 
+/// Merges a Secret's write-only `stringData` into `data` (base64, over keys of the same name),
+/// as upstream's conversion of a v1 Secret does; it is never stored.
+fn string_data(secret: &mut serde_json::Map<String, Value>) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = secret.remove("stringData") else {
+        return;
+    };
+    let data = child(secret, "data");
+    for (key, value) in strings {
+        if let Some(text) = value.as_str() {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::from(encoded));
+        }
+    }
+}
+
 /// Fills in the defaults of an object of the given resource.
 pub fn apply(rt: &ResourceType, obj: &mut Value) {
     let root = ensure_object(obj);
@@ -44,7 +60,10 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             let spec = child(root, "spec");
             default(spec, "finalizers", json!(["kubernetes"]));
         }
-        ("", "Secret") => default(root, "type", json!("Opaque")),
+        ("", "Secret") => {
+            default(root, "type", json!("Opaque"));
+            string_data(root);
+        }
         ("", "LimitRange") => {
             if let Some(items) = child(root, "spec")
                 .get_mut("limits")
@@ -320,5 +339,17 @@ mod tests {
         let again = d.clone();
         apply(rt, &mut d);
         assert_eq!(d, again, "defaulting is idempotent");
+    }
+
+    #[test]
+    fn string_data_is_merged_into_data() {
+        let rt = registry().by_kind("v1", "Secret").expect("secret");
+        let mut s =
+            json!({"data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "two"}});
+        apply(rt, &mut s);
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"a": "bmV3", "keep": "eA==", "b": "dHdv"}})
+        );
     }
 }

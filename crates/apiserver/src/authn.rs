@@ -1,6 +1,7 @@
 //! Authentication: who sent a request, as upstream's authenticators decide it. A client
 //! certificate signed by the cluster CA names the user (CN) and groups (O); a bearer token is
-//! looked up in the static token file, else verified as a service account token. A request with
+//! looked up in the static token file, else as a bootstrap token (for joining nodes), else
+//! verified as a service account token. A request with
 //! no credentials is anonymous (`system:anonymous`, unless anonymous auth is off); one with
 //! credentials that do not check out is refused (401).
 
@@ -93,12 +94,81 @@ pub fn read_token_file(
     Ok(out)
 }
 
-/// The user of a bearer token: from the static token file, else a service account token.
+/// The user of a bearer token: from the static token file, else a bootstrap token, else a
+/// service account token.
 pub async fn from_bearer(state: &crate::State, token: &str) -> Option<UserInfo> {
     if let Some(user) = state.static_tokens.get(token) {
         return Some(user.clone());
     }
+    if let Some((id, secret)) = bootstrap_token_parts(token) {
+        return from_bootstrap_token(state, id, secret).await;
+    }
     from_token(state, token).await
+}
+
+/// The id and secret of a bootstrap token (`abcdef.0123456789abcdef`: six and sixteen
+/// characters of `[a-z0-9]`).
+pub fn bootstrap_token_parts(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+/// The user of a bootstrap token, as upstream's bootstrap token authenticator reads its Secret
+/// `kube-system/bootstrap-token-<id>` (type `bootstrap.kubernetes.io/token`): the secret must
+/// match, `usage-bootstrap-authentication` be true and `expiration` not passed. The user is
+/// `system:bootstrap:<id>` in `system:bootstrappers` and the token's `auth-extra-groups`.
+/// Deleting the Secret revokes the token.
+async fn from_bootstrap_token(state: &crate::State, id: &str, secret: &str) -> Option<UserInfo> {
+    let rt = api::registry().find("", "v1", "secrets")?;
+    let name = format!("bootstrap-token-{id}");
+    let (obj, _) = state.storage.get(rt, "kube-system", &name).await.ok()?;
+    if obj["type"] != "bootstrap.kubernetes.io/token"
+        || obj["metadata"]["deletionTimestamp"].is_string()
+    {
+        return None;
+    }
+    let field = |key: &str| {
+        use base64::Engine;
+        let encoded = obj["data"][key].as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    let stored = field("token-secret")?;
+    // compared as digests, so that the time taken says nothing of the secret
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    if digest(&stored).as_ref() != digest(secret).as_ref()
+        || field("token-id").as_deref() != Some(id)
+    {
+        return None;
+    }
+    if field("usage-bootstrap-authentication").as_deref() != Some("true") {
+        return None;
+    }
+    if let Some(expiration) = field("expiration") {
+        let at = chrono::DateTime::parse_from_rfc3339(&expiration).ok()?;
+        if at <= chrono::Utc::now() {
+            return None;
+        }
+    }
+    let mut groups = vec!["system:bootstrappers".to_string()];
+    for g in field("auth-extra-groups").unwrap_or_default().split(',') {
+        let g = g.trim();
+        if g.starts_with("system:bootstrappers:") && !groups.iter().any(|x| x == g) {
+            groups.push(g.to_string());
+        }
+    }
+    groups.push("system:authenticated".into());
+    Some(UserInfo {
+        name: format!("system:bootstrap:{id}"),
+        groups,
+    })
 }
 
 /// The user of a service account token, if the token verifies and its service account (and

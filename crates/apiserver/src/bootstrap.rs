@@ -47,6 +47,57 @@ pub(crate) async fn create_missing(
     }
 }
 
+/// The group of bosun's join tokens (their `auth-extra-groups`, written by `node::join`, which
+/// names it too: the crates do not depend on each other).
+pub const JOIN_GROUP: &str = "system:bootstrappers:bosun:default-node-token";
+
+/// Publishes the cluster's CA and address in `kube-public/cluster-info` (a kubeconfig without
+/// credentials, as kubeadm does), readable without credentials, so that a joining node can
+/// fetch the CA and check it against the hash its join token carries.
+pub async fn cluster_info(storage: &Storage, server: &str, ca_pem: &str) -> Result<()> {
+    use base64::Engine;
+    let find = |plural: &str, group: &str| {
+        registry()
+            .find(group, "v1", plural)
+            .ok_or_else(|| anyhow::anyhow!("{plural} are not registered"))
+    };
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {ca}\n    server: {server}\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n"
+    );
+    let rt = find("configmaps", "")?;
+    let want = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": kubeconfig},
+    });
+    match storage.get(rt, "kube-public", "cluster-info").await {
+        Ok((mut current, rev)) if current["data"] != want["data"] => {
+            current["data"] = want["data"].clone();
+            storage
+                .update(rt, current, rev)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot update kube-public/cluster-info: {e}"))?;
+        }
+        Ok(_) => {}
+        Err(_) => create_missing(storage, rt, want).await?,
+    }
+    let rbac = "rbac.authorization.k8s.io";
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "bosun:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}],
+    });
+    create_missing(storage, find("roles", rbac)?, role).await?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "bosun:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "bosun:bootstrap-signer-clusterinfo"},
+        "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}],
+    });
+    create_missing(storage, find("rolebindings", rbac)?, binding).await
+}
+
 /// Creates upstream's two system PriorityClasses when missing: `system-node-critical`
 /// (2000001000) and `system-cluster-critical` (2000000000).
 pub async fn system_priority_classes(storage: &Storage) -> Result<()> {
@@ -527,6 +578,37 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
         ),
         // what a node agent (kubelet) needs, as upstream's `system:node` role grants it
         cluster_role("system:node", json!({}), node_rules(), None),
+        // joining nodes: ask for a client certificate, and have it approved
+        cluster_role(
+            "system:node-bootstrapper",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+                &["create"],
+            )],
+            None,
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+                &["create"],
+            )],
+            None,
+        ),
     ];
     let bindings = vec![
         // left without subjects, as upstream: the Node authorizer grants nodes what they need
@@ -535,6 +617,22 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             "cluster-admin",
             "cluster-admin",
             json!([group("system:masters")]),
+        ),
+        // what kubeadm binds for its join tokens, for bosun's (`bosun token create`)
+        cluster_binding(
+            "bosun:node-bootstrapper",
+            "system:node-bootstrapper",
+            json!([group(JOIN_GROUP)]),
+        ),
+        cluster_binding(
+            "bosun:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!([group(JOIN_GROUP)]),
+        ),
+        cluster_binding(
+            "bosun:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!([group("system:nodes")]),
         ),
         cluster_binding(
             "system:discovery",

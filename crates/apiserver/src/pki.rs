@@ -150,16 +150,21 @@ impl Pki {
         })
     }
 
-    /// Signs a certificate signing request (PEM) as a client certificate valid for `seconds`,
-    /// keeping the subject it asks for (CN = user, O = groups); returns the certificate, PEM.
-    pub fn sign_client_csr(&self, csr_pem: &str, seconds: i64) -> Result<String> {
+    /// Signs a certificate signing request (PEM) as a client (or `server`) certificate valid for
+    /// `seconds`, keeping the subject (CN = user, O = groups) and the alternative names it asks
+    /// for; returns the certificate, PEM.
+    pub fn sign_csr(&self, csr_pem: &str, seconds: i64, server: bool) -> Result<String> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .context("the request is not a PEM certificate signing request")?;
         let now = time::OffsetDateTime::now_utc();
         csr.params.not_before = now - time::Duration::minutes(5);
         csr.params.not_after = now + time::Duration::seconds(seconds);
         csr.params.is_ca = IsCa::NoCa;
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
         csr.params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

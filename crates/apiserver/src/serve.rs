@@ -113,6 +113,12 @@ pub(crate) async fn serve(
         pki::kubeconfig(&url, &pki.ca_pem, "admin", &admin).as_bytes(),
     )?;
 
+    crate::bootstrap::cluster_info(
+        &storage,
+        &format!("https://{}:{}", config.advertise_address, addr.port()),
+        &pki.ca_pem,
+    )
+    .await?;
     let tokens = crate::tokens::TokenIssuer::load_or_create(pki.dir())?;
     let auditor = match (&config.audit_policy_file, &config.audit_log_path) {
         (Some(policy), Some(log)) => Some(crate::audit::Auditor::open(policy, log)?),

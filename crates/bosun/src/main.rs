@@ -1,11 +1,13 @@
 //! The `bosun` binary: `bosun server` runs a whole cluster's control plane from one process;
-//! `bosun images` manages the node's image store. Wiring and command line only; the work is done
-//! by the library crates.
+//! `bosun agent` joins another machine to it as a node; `bosun token` manages the join tokens;
+//! `bosun images` manages the node's image store. Wiring and command line only; the work is
+//! done by the library crates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use base64::Engine;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,6 +22,10 @@ enum Command {
     /// Runs a cluster: the control plane (API server on an embedded store, controllers,
     /// scheduler) and a node agent for this machine.
     Server(Box<ServerArgs>),
+    /// Runs a node agent on this machine that joins the cluster of a server.
+    Agent(Box<JoinArgs>),
+    /// Manages the tokens other machines join the cluster with.
+    Token(TokenArgs),
     /// Manages the images of this node.
     Images(ImagesArgs),
     /// Supervises one container; started by the node agent, not by people.
@@ -210,9 +216,10 @@ struct AgentArgs {
     /// The name of this machine's Node (default: its hostname).
     #[arg(long)]
     node_name: Option<String>,
-    /// The pod CIDR of this machine's node.
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pod_cidr: network::ipam::Cidr,
+    /// The pod CIDR of this machine's node (each node needs its own; the server's node takes
+    /// 10.42.0.0/24 unless told).
+    #[arg(long)]
+    pod_cidr: Option<network::ipam::Cidr>,
     /// The Linux bridge pods are attached to.
     #[arg(long, default_value = "bosun0")]
     pod_bridge: String,
@@ -222,6 +229,78 @@ struct AgentArgs {
     /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// The API server to join, e.g. https://10.0.0.1:6443.
+    #[arg(long, env = "BOSUN_SERVER")]
+    server: String,
+    /// The join token (`bosun token create` on the server prints one; the server writes its
+    /// first to <data-dir>/join-token).
+    #[arg(long, env = "BOSUN_TOKEN")]
+    token: node::join::JoinToken,
+    /// Where this node's credentials, images and containers live.
+    #[arg(long, default_value = "/var/lib/bosun", env = "BOSUN_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The server's data dir (its admin kubeconfig is used).
+    #[arg(
+        long,
+        default_value = "/var/lib/bosun",
+        env = "BOSUN_DATA_DIR",
+        global = true
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Creates a join token and prints it.
+    Create {
+        /// How long it stays valid: e.g. 30m, 24h, 7d; 0 for until deleted.
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        ttl: std::time::Duration,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Lists the join tokens.
+    List,
+    /// Revokes join tokens by id (nodes already joined keep their certificates).
+    Delete {
+        /// Token ids (the six characters before the dot).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// Parses a duration such as `90s`, `30m`, `24h` or `7d` (`0`: none).
+fn duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30m, 24h, 7d)"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} is not a duration (e.g. 30m, 24h, 7d)")),
+    };
+    Ok(std::time::Duration::from_secs(n * seconds))
 }
 
 /// Parses a port range such as `30000-32767`.
@@ -268,7 +347,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     .await?;
     let pki = running.pki.clone();
     let signer: controllers::Signer =
-        std::sync::Arc::new(move |csr: &str, seconds: i64| pki.sign_client_csr(csr, seconds));
+        std::sync::Arc::new(move |csr: &str, seconds: i64, usage: controllers::Usage| {
+            pki.sign_csr(csr, seconds, usage == controllers::Usage::Server)
+        });
     let ctrl = controllers::start(
         component_client(&running, "system:kube-controller-manager", &[]).await?,
         running.ca_pem.clone(),
@@ -290,6 +371,12 @@ async fn server(args: ServerArgs) -> Result<()> {
         started.elapsed().as_millis()
     );
     eprintln!("admin kubeconfig: {}", running.admin_kubeconfig.display());
+    let join_token = first_join_token(&running, &data_dir).await?;
+    eprintln!(
+        "join other machines: bosun agent --server https://{advertise_address}:{} --token $(cat {}) --pod-cidr 10.42.N.0/24",
+        running.url.rsplit(':').next().unwrap_or("6443"),
+        join_token.display()
+    );
     eprintln!(
         "try: KUBECONFIG={} kubectl get namespaces",
         running.admin_kubeconfig.display()
@@ -341,43 +428,48 @@ async fn component_client(
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Starts the node agent of this machine, authenticated as `system:node:<name>`.
-async fn start_agent(
-    running: &apiserver::Running,
-    data_dir: &std::path::Path,
-    args: AgentArgs,
-    cluster_dns: std::net::Ipv4Addr,
-) -> Result<tokio::task::JoinHandle<Result<()>>> {
+/// The pod CIDR of the server's own node unless told.
+const SERVER_POD_CIDR: &str = "10.42.0.0/24";
+
+/// The node agent needs root.
+fn require_root() -> Result<()> {
     if !running_as_root() {
         anyhow::bail!(
-            "the node agent needs root (namespaces, mounts, cgroups, the pod bridge): run bosun server as root, or pass --disable-agent for the control plane alone"
+            "the node agent needs root (namespaces, mounts, cgroups, the pod bridge): run bosun as root, or pass --disable-agent to bosun server for the control plane alone"
         );
     }
-    let node_name = match args.node_name {
-        Some(n) => n,
-        None => hostname()?,
-    };
-    let client = component_client(
-        running,
-        &format!("system:node:{node_name}"),
-        &["system:nodes"],
-    )
-    .await?;
-    let agent = node::Agent::new(
+    Ok(())
+}
+
+/// A node agent for this machine, speaking to the API with `client` (as `system:node:<name>`).
+fn new_agent(
+    node_name: String,
+    data_dir: &std::path::Path,
+    args: AgentArgs,
+    pod_cidr: network::ipam::Cidr,
+    cluster_dns: std::net::Ipv4Addr,
+    control_plane: bool,
+    client: kube::Client,
+) -> Result<std::sync::Arc<node::Agent>> {
+    node::Agent::new(
         node::Config {
             node_name,
             data_dir: data_dir.to_path_buf(),
-            pod_cidr: args.pod_cidr,
+            pod_cidr,
             bridge: args.pod_bridge,
             shim: std::env::current_exe()?,
-            control_plane: true,
+            control_plane,
             api_addr: args.node_api_bind,
             insecure_registries: args.insecure_registries,
             cluster_dns,
             cluster_domain: "cluster.local".into(),
         },
         client,
-    )?;
+    )
+}
+
+/// The names a node's serving certificate is for: its name, its address and localhost.
+fn serving_names(agent: &node::Agent) -> Vec<String> {
     let mut names = vec![
         agent.config.node_name.clone(),
         "localhost".into(),
@@ -386,16 +478,183 @@ async fn start_agent(
     if !names.contains(&agent.host_ip) {
         names.push(agent.host_ip.clone());
     }
-    let serving = running
-        .pki
-        .serving(&names, std::time::Duration::from_secs(365 * 24 * 3600))?;
-    let tls = node::server::Tls {
-        cert_pem: serving.cert_pem,
-        key_pem: serving.key_pem,
-        ca_pem: running.ca_pem.clone(),
+    names
+}
+
+/// How the node API is served: with this certificate, for clients of this CA.
+fn node_tls(cert_pem: String, key_pem: String, ca_pem: String) -> node::server::Tls {
+    node::server::Tls {
+        cert_pem,
+        key_pem,
+        ca_pem,
         api_server_user: apiserver::KUBELET_CLIENT.into(),
+    }
+}
+
+/// Starts the node agent of this machine, authenticated as `system:node:<name>`.
+async fn start_agent(
+    running: &apiserver::Running,
+    data_dir: &std::path::Path,
+    args: AgentArgs,
+    cluster_dns: std::net::Ipv4Addr,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    require_root()?;
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
     };
+    let client = component_client(
+        running,
+        &format!("system:node:{node_name}"),
+        &["system:nodes"],
+    )
+    .await?;
+    let pod_cidr = match args.pod_cidr {
+        Some(c) => c,
+        None => SERVER_POD_CIDR.parse().map_err(anyhow::Error::msg)?,
+    };
+    let agent = new_agent(
+        node_name,
+        data_dir,
+        args,
+        pod_cidr,
+        cluster_dns,
+        true,
+        client,
+    )?;
+    let serving = running.pki.serving(
+        &serving_names(&agent),
+        std::time::Duration::from_secs(365 * 24 * 3600),
+    )?;
+    let tls = node_tls(serving.cert_pem, serving.key_pem, running.ca_pem.clone());
     Ok(tokio::spawn(agent.run(tls)))
+}
+
+/// `bosun agent`: joins this machine to a cluster as a node and runs its agent.
+async fn join(args: JoinArgs) -> Result<()> {
+    require_root()?;
+    let node_name = match &args.agent.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let pod_cidr = args.agent.pod_cidr.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--pod-cidr is required: each node needs a range of its own for its pods (the server's node has {SERVER_POD_CIDR} unless told), e.g. --pod-cidr 10.42.1.0/24"
+        )
+    })?;
+    let pki = args.data_dir.join("agent/pki");
+    let joined = node::join::credentials(&args.server, &args.token, &node_name, &pki).await?;
+    // the cluster DNS is the kube-dns Service's address
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(joined.client.clone(), "kube-system");
+    let cluster_dns = services
+        .get("kube-dns")
+        .await
+        .context("cannot read the cluster DNS Service")?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the kube-dns Service has no cluster IP"))?;
+    let agent = new_agent(
+        node_name.clone(),
+        &args.data_dir,
+        args.agent,
+        pod_cidr,
+        cluster_dns,
+        false,
+        joined.client.clone(),
+    )?;
+    let (cert, key) =
+        node::join::serving_certificate(&joined.client, &node_name, &serving_names(&agent), &pki)
+            .await?;
+    eprintln!("bosun agent: node {node_name} joined {}", args.server);
+    let task = tokio::spawn(agent.run(node_tls(cert, key, joined.ca_pem)));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let outcome: Result<()> = tokio::select! {
+        _ = terminate.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        r = task => r?,
+    };
+    // the Service rules go with the agent; pods and their network stay for the next start
+    if let Err(e) = network::proxy::cleanup().and_then(|()| network::policy::cleanup()) {
+        eprintln!("cannot remove the service and policy rules: {e}");
+    }
+    outcome
+}
+
+/// A client with the admin kubeconfig of the server whose data dir is `data_dir`, and the
+/// cluster CA.
+async fn admin_client(data_dir: &std::path::Path) -> Result<(kube::Client, String)> {
+    let path = data_dir.join("admin.kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "cannot read {} (is this the server's data dir? see --data-dir)",
+            path.display()
+        )
+    })?;
+    let ca = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.clone())
+        .ok_or_else(|| anyhow::anyhow!("{} names no certificate authority", path.display()))?;
+    let ca = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(ca.trim())?)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok((kube::Client::try_from(config)?, ca))
+}
+
+/// `bosun token`.
+async fn token(args: TokenArgs) -> Result<()> {
+    let (client, ca) = admin_client(&args.data_dir).await?;
+    match args.command {
+        TokenCommand::Create { ttl, description } => {
+            let ttl = (!ttl.is_zero()).then_some(ttl);
+            let token = node::join::create_token(&client, &ca, ttl, &description).await?;
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            println!("{:<8} {:<22} DESCRIPTION", "ID", "EXPIRES");
+            for (id, expires, description) in node::join::list_tokens(&client).await? {
+                let expires = if expires.is_empty() {
+                    "never".to_string()
+                } else {
+                    expires
+                };
+                println!("{id:<8} {expires:<22} {description}");
+            }
+        }
+        TokenCommand::Delete { ids } => {
+            for id in ids {
+                node::join::delete_token(&client, &id).await?;
+                println!("bootstrap token {id} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server's first join token, made at its first start and kept in `<data-dir>/join-token`.
+async fn first_join_token(
+    running: &apiserver::Running,
+    data_dir: &std::path::Path,
+) -> Result<PathBuf> {
+    let path = data_dir.join("join-token");
+    if !path.exists() {
+        let client = component_client(running, "admin", &["system:masters"]).await?;
+        let token = node::join::create_token(
+            &client,
+            &running.ca_pem,
+            None,
+            "the server's first join token",
+        )
+        .await?;
+        apiserver::pki::write_private(&path, format!("{token}\n").as_bytes())?;
+    }
+    Ok(path)
 }
 
 /// Whether this process runs as root (effective uid 0).
@@ -472,5 +731,7 @@ fn run() -> Result<()> {
         Command::Shim { .. } | Command::ExecIn { .. } => Ok(()),
         Command::Images(args) => images(args),
         Command::Server(args) => async_runtime()?.block_on(server(*args)),
+        Command::Agent(args) => async_runtime()?.block_on(join(*args)),
+        Command::Token(args) => async_runtime()?.block_on(token(args)),
     }
 }

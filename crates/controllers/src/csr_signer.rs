@@ -1,7 +1,8 @@
-//! The certificate signer: approved CertificateSigningRequests for the
-//! `kubernetes.io/kube-apiserver-client` signer get a client certificate from the cluster CA in
-//! `status.certificate`, as upstream's csrsigning controller issues them. Requests for other
-//! signers are left to their own signers.
+//! The certificate signer: approved CertificateSigningRequests for the signers
+//! `kubernetes.io/kube-apiserver-client` and `kubernetes.io/kube-apiserver-client-kubelet` get
+//! a client certificate, those for `kubernetes.io/kubelet-serving` a serving certificate, from
+//! the cluster CA in `status.certificate`, as upstream's csrsigning controller issues them.
+//! Requests for other signers are left to their own signers.
 
 use std::sync::Arc;
 
@@ -13,8 +14,17 @@ use kube::runtime::watcher;
 
 use crate::{Context, Result, drive, retry};
 
-/// The signer this controller serves.
+/// The signer of API clients' certificates.
 pub const SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+
+/// What a signer's certificates are for, if this controller serves it.
+fn usage(signer: &str) -> Option<crate::Usage> {
+    match signer {
+        SIGNER | crate::csr_approver::KUBELET_CLIENT_SIGNER => Some(crate::Usage::Client),
+        crate::csr_approver::KUBELET_SERVING_SIGNER => Some(crate::Usage::Server),
+        _ => None,
+    }
+}
 
 fn condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
     csr.status
@@ -29,15 +39,17 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         .as_ref()
         .and_then(|s| s.certificate.as_ref())
         .is_some_and(|c| !c.0.is_empty());
-    if csr.spec.signer_name != SIGNER
-        || issued
+    let Some(usage) = usage(&csr.spec.signer_name) else {
+        return Ok(Action::await_change());
+    };
+    if issued
         || !condition(&csr, "Approved")
         || condition(&csr, "Denied")
         || condition(&csr, "Failed")
     {
         return Ok(Action::await_change());
     }
-    let Some(sign) = &ctx.sign_client_csr else {
+    let Some(sign) = &ctx.sign_csr else {
         return Ok(Action::await_change());
     };
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
@@ -48,7 +60,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Context>) -> Re
         .unwrap_or(365 * 24 * 3600);
     let mut updated = (*csr).clone();
     let status = updated.status.get_or_insert_with(Default::default);
-    match sign(&pem, seconds) {
+    match sign(&pem, seconds, usage) {
         Ok(cert) => status.certificate = Some(ByteString(cert.into_bytes())),
         Err(e) => {
             status.conditions.get_or_insert_with(Vec::new).push(

@@ -6,6 +6,7 @@
 //! - [`serviceaccount`]: every namespace has a `default` service account.
 //! - [`root_ca`]: every namespace has the `kube-root-ca.crt` ConfigMap with the cluster CA.
 //! - [`csr_signer`]: approved client certificate requests are signed by the cluster CA.
+//! - [`csr_approver`]: node agents' certificate requests are approved.
 //! - [`replicaset`]: a ReplicaSet keeps its number of pods.
 //! - [`deployment`]: a Deployment rolls its template out through ReplicaSets.
 //! - [`job`]: a Job runs pods to completion; [`cronjob`] makes Jobs on a [`cron`] schedule.
@@ -27,6 +28,7 @@
 pub mod cleanup;
 pub mod cron;
 pub mod cronjob;
+pub mod csr_approver;
 pub mod csr_signer;
 pub mod daemonset;
 pub mod deployment;
@@ -88,9 +90,9 @@ pub struct Context {
     pub client: kube::Client,
     /// The cluster CA certificate, PEM, published into every namespace.
     pub ca_pem: String,
-    /// Signs a client certificate request (PEM) for a number of seconds; the CA's key stays with
-    /// whoever provides this.
-    pub sign_client_csr: Option<Signer>,
+    /// Signs a certificate request (PEM) for a number of seconds, for client or server use; the
+    /// CA's key stays with whoever provides this.
+    pub sign_csr: Option<Signer>,
     /// The shared caches of the kinds the workload controllers read.
     pub informers: Informers,
     /// Writes the workload controllers made that their caches do not show yet.
@@ -170,7 +172,16 @@ impl Informers {
 }
 
 /// Signs a certificate signing request (PEM) valid for some seconds, returning the certificate.
-pub type Signer = Arc<dyn Fn(&str, i64) -> anyhow::Result<String> + Send + Sync>;
+pub type Signer = Arc<dyn Fn(&str, i64, Usage) -> anyhow::Result<String> + Send + Sync>;
+
+/// What a signed certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A client of the API server (client auth).
+    Client,
+    /// A server, such as a node agent's API (server auth).
+    Server,
+}
 
 /// Retries a failed reconcile after a short pause (the work queue adds its own back-off).
 pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -192,7 +203,7 @@ pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
 pub fn start(
     client: kube::Client,
     ca_pem: String,
-    sign_client_csr: Option<Signer>,
+    sign_csr: Option<Signer>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         // One identity per machine: a server restarted on the same machine takes its Lease
@@ -208,7 +219,7 @@ pub fn start(
             expectations: Default::default(),
             client,
             ca_pem,
-            sign_client_csr,
+            sign_csr,
         });
         let workloads = async {
             ctx.informers.ready().await;
@@ -235,6 +246,7 @@ pub fn start(
             _ = serviceaccount::run(ctx.clone()) => "serviceaccount",
             _ = root_ca::run(ctx.clone()) => "root-ca",
             _ = csr_signer::run(ctx.clone()) => "csr-signer",
+            _ = csr_approver::run(ctx.clone()) => "csr-approver",
         };
         anyhow::bail!("the {stopped} controller stopped")
     })

@@ -10,6 +10,9 @@
 //! over [`spdy`]) for the API server. [`proxy`] keeps the node's Service rules in step with
 //! Services and their endpoints, [`policy`] its pods' NetworkPolicy rules with the policies.
 //!
+//! On a machine other than the server's, [`join`] gets the agent its credentials from a join
+//! token.
+//!
 //! Containers outlive the agent: at start it reads back the containers the runtime has and
 //! carries on with them, without restarting any.
 
@@ -20,6 +23,7 @@ pub mod events;
 pub mod exec;
 pub mod handler;
 pub mod images;
+pub mod join;
 pub mod logs;
 pub mod pods;
 pub mod policy;

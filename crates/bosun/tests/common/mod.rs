@@ -71,13 +71,7 @@ impl Cluster {
 
     /// [`Cluster::start_node`] with extra `bosun server` arguments.
     pub fn start_node_with(args: &[&str]) -> Self {
-        require_root("a test with a node agent");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join("bosun-node-tests.lock"))
-            .expect("lock file");
-        lock.lock().expect("take the node lock");
+        let lock = node_lock();
         let dir = tempfile::tempdir().expect("temp dir");
         let archive = busybox_archives(&dir.path().join("archives"));
         let out = Command::new(env!("CARGO_BIN_EXE_bosun"))
@@ -321,8 +315,21 @@ impl Drop for Cluster {
     }
 }
 
+/// Takes the machine's node: agents share the node's bridge, pod CIDR and ports, so tests that
+/// run one take turns. Held until the file is dropped.
+pub fn node_lock() -> std::fs::File {
+    require_root("a test with a node agent");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join("bosun-node-tests.lock"))
+        .expect("lock file");
+    lock.lock().expect("take the node lock");
+    lock
+}
+
 /// Kills the containers left under a data dir and unmounts what is mounted there.
-fn force_clean_node(dir: &Path) {
+pub fn force_clean_node(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir.join("agent/containers")) {
         for e in entries.flatten() {
             if let Ok(text) = std::fs::read_to_string(e.path().join("started.json"))
