@@ -381,8 +381,9 @@ impl Agent {
     pub async fn report_status(&self) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut status = self.node_status();
-        // A condition whose status did not change keeps the time it last changed.
-        if let Ok(current) = nodes.get_status(&self.config.node_name).await {
+        // A condition whose status did not change keeps the time it last changed. (The Node
+        // is read whole: a node may get `nodes`, not `nodes/status`, as upstream's rules say.)
+        if let Ok(current) = nodes.get(&self.config.node_name).await {
             let before = current
                 .status
                 .and_then(|s| s.conditions)
