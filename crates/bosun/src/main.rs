@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -402,10 +401,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     }
     .await;
     if agent_ran {
-        // the Service rules go with the agent; pods and their network stay for the next start
-        if let Err(e) = network::proxy::cleanup().and_then(|()| network::policy::cleanup()) {
-            eprintln!("cannot remove the service and policy rules: {e}");
-        }
+        remove_node_rules();
     }
     outcome
 }
@@ -499,10 +495,7 @@ async fn start_agent(
     cluster_dns: std::net::Ipv4Addr,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     require_root()?;
-    let node_name = match &args.node_name {
-        Some(n) => n.clone(),
-        None => hostname()?,
-    };
+    let node_name = node_name(&args)?;
     let client = component_client(
         running,
         &format!("system:node:{node_name}"),
@@ -533,10 +526,7 @@ async fn start_agent(
 /// `bosun agent`: joins this machine to a cluster as a node and runs its agent.
 async fn join(args: JoinArgs) -> Result<()> {
     require_root()?;
-    let node_name = match &args.agent.node_name {
-        Some(n) => n.clone(),
-        None => hostname()?,
-    };
+    let node_name = node_name(&args.agent)?;
     let pod_cidr = args.agent.pod_cidr.ok_or_else(|| {
         anyhow::anyhow!(
             "--pod-cidr is required: each node needs a range of its own for its pods (the server's node has {SERVER_POD_CIDR} unless told), e.g. --pod-cidr 10.42.1.0/24"
@@ -575,11 +565,24 @@ async fn join(args: JoinArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(()),
         r = task => r?,
     };
-    // the Service rules go with the agent; pods and their network stay for the next start
+    remove_node_rules();
+    outcome
+}
+
+/// Removes the node's Service and NetworkPolicy rules as its agent stops: they go with the
+/// agent; pods and their network stay for the next start.
+fn remove_node_rules() {
     if let Err(e) = network::proxy::cleanup().and_then(|()| network::policy::cleanup()) {
         eprintln!("cannot remove the service and policy rules: {e}");
     }
-    outcome
+}
+
+/// The name of this machine's Node: as told, else its hostname.
+fn node_name(args: &AgentArgs) -> Result<String> {
+    match &args.node_name {
+        Some(n) => Ok(n.clone()),
+        None => hostname(),
+    }
 }
 
 /// A client with the admin kubeconfig of the server whose data dir is `data_dir`, and the
@@ -592,13 +595,8 @@ async fn admin_client(data_dir: &std::path::Path) -> Result<(kube::Client, Strin
             path.display()
         )
     })?;
-    let ca = kubeconfig
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.certificate_authority_data.clone())
-        .ok_or_else(|| anyhow::anyhow!("{} names no certificate authority", path.display()))?;
-    let ca = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(ca.trim())?)?;
+    let ca =
+        node::join::kubeconfig_ca(&kubeconfig).with_context(|| format!("in {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),

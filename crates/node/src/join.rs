@@ -221,14 +221,8 @@ async fn discover_ca(server: &str, hash: &str) -> Result<String> {
         .data
         .and_then(|d| d.get("kubeconfig").cloned())
         .context("cluster-info has no kubeconfig")?;
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)?;
-    let ca = kubeconfig
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.certificate_authority_data.clone())
-        .context("cluster-info names no certificate authority")?;
-    let ca = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(ca.trim())?)?;
+    let ca =
+        kubeconfig_ca(&kube::config::Kubeconfig::from_yaml(&text)?).context("in cluster-info")?;
     let found = ca_hash(&ca)?;
     if found != hash {
         bail!(
@@ -236,6 +230,19 @@ async fn discover_ca(server: &str, hash: &str) -> Result<String> {
         );
     }
     Ok(ca)
+}
+
+/// The certificate authority (PEM) of a kubeconfig's first cluster.
+pub fn kubeconfig_ca(kubeconfig: &kube::config::Kubeconfig) -> Result<String> {
+    let ca = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.clone())
+        .context("the kubeconfig names no certificate authority")?;
+    Ok(String::from_utf8(
+        base64::engine::general_purpose::STANDARD.decode(ca.trim())?,
+    )?)
 }
 
 /// Asks for a certificate for `params` from `signer` and waits until it is issued; returns it
