@@ -49,6 +49,9 @@ enum Command {
         /// Where running containers' state is kept.
         #[arg(long)]
         state_root: PathBuf,
+        /// Where to send the master end of the process's terminal (none: no terminal).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         /// The command.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -709,6 +712,7 @@ fn run() -> Result<()> {
     if let Command::ExecIn {
         id,
         state_root,
+        console_socket,
         command,
     } = cli.command
     {
@@ -716,6 +720,7 @@ fn run() -> Result<()> {
             id,
             state_root,
             command,
+            console_socket,
         }));
     }
     tracing_subscriber::fmt()

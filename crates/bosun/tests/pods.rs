@@ -957,6 +957,71 @@ spec:
 }
 
 #[test]
+fn exec_and_run_give_terminals_and_stdin_once_ends_input() {
+    let c = Cluster::start_node();
+    c.ok(&[
+        "run",
+        "box",
+        "--image=busybox:1.36",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]);
+
+    // kubectl exec -it: a terminal of the user's size; Ctrl-C interrupts; the exit code passes
+    let (shown, code) = c.kubectl_on_terminal(
+        "exec -it box -- sh",
+        (90, 20),
+        &[
+            (1500, "tty; stty size\n"),
+            (500, "sleep 30\n"),
+            (1000, "\x03"),
+            (500, "echo interrupted $?\n"),
+            (500, "exit 3\n"),
+        ],
+    );
+    assert!(shown.contains("/dev/pts/0"), "{shown}");
+    assert!(shown.contains("20 90"), "{shown}");
+    assert!(shown.contains("interrupted 130"), "{shown}");
+    assert_eq!(code, Some(3), "{shown}");
+
+    // kubectl run -it --rm: a container on a terminal, attached, removed after
+    let (shown, code) = c.kubectl_on_terminal(
+        "run shell -it --rm --restart=Never --image=busybox:1.36 -- sh",
+        (100, 30),
+        &[
+            (4000, "\n"),
+            (500, "echo $TERM $(stty size) $((6*7))\n"),
+            (500, "exit 4\n"),
+        ],
+    );
+    assert!(shown.contains("xterm 30 100 42"), "{shown}");
+    assert!(shown.contains("pod \"shell\" deleted"), "{shown}");
+    assert_eq!(code, Some(4), "{shown}");
+
+    // kubectl run -i: stdinOnce, so the container's input ends with the user's
+    let out = c.kubectl_stdin(
+        &[
+            "run",
+            "once",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image=busybox:1.36",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo input-ended",
+        ],
+        "one\ntwo\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("one\ntwo\ninput-ended"), "{text}");
+}
+
+#[test]
 fn probes_gate_readiness_and_restart_unhealthy_containers() {
     let c = Cluster::start_node();
     let status = |pod: &str, path: &str| c.jp(&format!("pod/{pod}"), path);

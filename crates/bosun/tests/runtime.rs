@@ -54,6 +54,8 @@ fn config(node: &Node, name: &str, script: &str) -> ContainerConfig {
         log_path: node.root.join(format!("logs/{name}.log")),
         labels: Default::default(),
         stdin: false,
+        stdin_once: false,
+        tty: false,
         security: Default::default(),
     }
 }

@@ -1,10 +1,13 @@
 //! `kubectl attach` on the node: the container's output from now on, by stream (stdout on
 //! channel 1, stderr on channel 2, read from its log as the supervisor writes it), and, for a
 //! container with `stdin: true`, what the user types, written to the container's standard input
-//! (a FIFO its supervisor made). The same WebSocket protocol as `exec`; the session ends with a
-//! Success status when the container stops. Terminals (`-t`) are not supported yet.
+//! (a FIFO its supervisor copies to the container). The same WebSocket protocol as `exec`; the
+//! session ends with a Success status when the container stops. A container with `tty: true`
+//! (`kubectl run -it`) runs on a terminal its supervisor holds: what the user types goes to it,
+//! its output comes on stdout, and sizes on channel 4 go to its `resize` FIFO.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -48,19 +51,29 @@ async fn session(
     let (mut sink, mut source) = socket.split();
     sink.send(Message::Binary(vec![crate::exec::STDOUT].into()))
         .await?;
-    let fifo = agent.runtime.stdin_path(&id);
+    // Opened without waiting: a container whose input has ended (stdinOnce) reads no more.
+    let open = |path: std::path::PathBuf, wanted: bool| {
+        wanted
+            .then(|| tokio::net::unix::pipe::OpenOptions::new().open_sender(path))
+            .and_then(Result::ok)
+    };
+    let mut stdin = open(
+        agent.runtime.stdin_path(&id),
+        streams.stdin && container.config.stdin,
+    );
+    let mut resize = open(agent.runtime.resize_path(&id), container.config.tty);
     let input = tokio::spawn(async move {
-        let mut stdin = if streams.stdin && container.config.stdin {
-            tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(&fifo)
-                .await
-                .ok()
-        } else {
-            None
-        };
         while let Some(Ok(msg)) = source.next().await {
             match msg {
+                Message::Binary(data) if data.first() == Some(&crate::exec::RESIZE) => {
+                    let mut line = data[1..].to_vec();
+                    line.push(b'\n');
+                    if let Some(w) = resize.as_mut()
+                        && w.write_all(&line).await.is_err()
+                    {
+                        resize = None;
+                    }
+                }
                 Message::Binary(data) if data.first() == Some(&crate::exec::STDIN) => {
                     if let Some(w) = stdin.as_mut()
                         && w.write_all(&data[1..]).await.is_err()
@@ -74,7 +87,9 @@ async fn session(
             }
         }
     });
-    let mut records = crate::logs::follow(agent.clone(), id, log, offset);
+    // a terminal's echo should come back as typed
+    let every = Duration::from_millis(if container.config.tty { 20 } else { 100 });
+    let mut records = crate::logs::follow(agent.clone(), id, log, offset, every);
     while let Some(chunk) = records.recv().await {
         for record in chunk
             .split(|&b| b == b'\n')

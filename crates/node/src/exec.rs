@@ -6,7 +6,10 @@
 //! its end of input).
 //!
 //! The command runs through the runtime's exec helper, inside the container's namespaces and
-//! cgroup. Terminals (`-t`) are not supported yet: the command runs without one.
+//! cgroup. With `tty=true` (`kubectl exec -t`) it runs on a terminal of its own
+//! ([`runtime::terminal`]): what the user types goes to the terminal, which echoes it and turns
+//! Ctrl-C into SIGINT; its output (standard error included, as upstream) comes on stdout; sizes
+//! on channel 4 resize it.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -27,6 +30,8 @@ pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 /// The channel of the final status.
 pub const ERROR: u8 = 3;
+/// The channel of terminal sizes.
+pub const RESIZE: u8 = 4;
 /// v5's signal that closes a channel.
 pub const CLOSE: u8 = 255;
 
@@ -53,10 +58,16 @@ pub fn upgrade(
     ws: WebSocketUpgrade,
     id: String,
     command: Vec<String>,
+    tty: bool,
 ) -> Response {
     let ws = ws.protocols(PROTOCOLS);
     ws.on_upgrade(move |socket| async move {
-        if let Err(e) = run(agent, socket, id, command).await {
+        let ran = if tty {
+            run_on_terminal(agent, socket, id, command).await
+        } else {
+            run(agent, socket, id, command).await
+        };
+        if let Err(e) = ran {
             tracing::debug!(error = %e, "exec session ended with an error");
         }
     })
@@ -69,7 +80,7 @@ async fn run(
     command: Vec<String>,
 ) -> anyhow::Result<()> {
     let (mut sink, mut source) = socket.split();
-    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(&id, &command));
+    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(&id, &command, None));
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -121,6 +132,142 @@ async fn run(
     reader.abort();
     let code = status.code().unwrap_or(255);
     finish(&mut sink, &exit_status(&command, code)).await
+}
+
+/// Runs `command` on a terminal of its own: the helper makes it, libcontainer sends its master
+/// end to a console socket this session listens on, and the session relays it.
+async fn run_on_terminal(
+    agent: Arc<Agent>,
+    socket: WebSocket,
+    id: String,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
+    let (mut sink, mut source) = socket.split();
+    let path = agent.runtime.console_socket_path();
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    let _socket_file = RemoveOnDrop(path.clone());
+    let mut child =
+        tokio::process::Command::from(agent.runtime.exec_command(&id, &command, Some(&path)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+    let received = tokio::select! {
+        accepted = listener.accept() => match accepted {
+            Ok((stream, _)) => receive_master(stream).await,
+            Err(e) => Err(e),
+        },
+        _ = child.wait() => Err(std::io::Error::other("the process could not be started")),
+    };
+    drop(listener);
+    let (output, mut input) = match received.and_then(master_ends) {
+        Ok(ends) => ends,
+        Err(e) => {
+            // the helper says why on its standard error
+            let mut why = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut why).await;
+            }
+            let code = child.wait().await?.code().unwrap_or(126);
+            let mut frame = vec![STDOUT];
+            frame.extend_from_slice(
+                if why.is_empty() {
+                    e.to_string().into_bytes()
+                } else {
+                    why.into_bytes()
+                }
+                .as_slice(),
+            );
+            sink.send(Message::Binary(frame.into())).await?;
+            return finish(&mut sink, &exit_status(&command, code)).await;
+        }
+    };
+
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(32);
+    out_tx.send(vec![STDOUT]).await?;
+    // the terminal ends (EIO) once every process on it has gone
+    let output = tokio::spawn(pump(Some(output), STDOUT, out_tx));
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let mut input = tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(data) if !data.is_empty() => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let written = match data[0] {
+                STDIN => input.write_all(&data[1..]).await,
+                RESIZE => match serde_json::from_slice(&data[1..]) {
+                    Ok(size) => runtime::terminal::resize(&input, size),
+                    Err(_) => Ok(()),
+                },
+                _ => Ok(()),
+            };
+            if written.is_err() {
+                break;
+            }
+        }
+    });
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = &mut input => {
+            // The user went away: closing the terminal hangs its processes up.
+            output.abort();
+            return Ok(());
+        }
+    };
+    input.abort();
+    // What the process wrote last, unless something it left behind keeps the terminal open.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), output).await;
+    let mut sink = writer.await?;
+    finish(
+        &mut sink,
+        &exit_status(&command, status.code().unwrap_or(255)),
+    )
+    .await
+}
+
+/// Takes the terminal master libcontainer sends over an accepted console socket connection.
+async fn receive_master(stream: tokio::net::UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
+    loop {
+        stream.readable().await?;
+        match runtime::terminal::receive_master(&stream) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            received => return received,
+        }
+    }
+}
+
+/// The master end of a terminal as two async ends: what the terminal shows, and where what the
+/// user types goes (which also takes resizes).
+fn master_ends(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    let input = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd.try_clone()?)?;
+    let output = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)?;
+    Ok((output, input))
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Ends a session: the final status on the error channel, then a normal closure (1000), which

@@ -57,7 +57,7 @@ pub async fn exec(
     if command.is_empty() {
         return Err("the exec action has no command".into());
     }
-    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(id, &command));
+    let mut cmd = tokio::process::Command::from(agent.runtime.exec_command(id, &command, None));
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

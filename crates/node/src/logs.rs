@@ -199,7 +199,13 @@ pub async fn stream(
         since: None,
         ..opts
     };
-    let records = follow(agent, chosen.id.clone(), path, raw.len() as u64);
+    let records = follow(
+        agent,
+        chosen.id.clone(),
+        path,
+        raw.len() as u64,
+        Duration::from_millis(100),
+    );
     let first = futures::stream::once(async move { Bytes::from(first) });
     let rest = futures::stream::unfold(records, move |mut rx| {
         let opts = follow_opts.clone();
@@ -215,12 +221,14 @@ pub async fn stream(
 }
 
 /// Whole CRI records appended to a container's log from `offset` on, as they come, until the
-/// container stops running or the receiver is dropped; a rotation starts over at the new file.
+/// container stops running or the receiver is dropped, looking every `every`; a rotation starts
+/// over at the new file.
 pub fn follow(
     agent: Arc<Agent>,
     id: String,
     path: PathBuf,
     mut offset: u64,
+    every: Duration,
 ) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     tokio::spawn(async move {
@@ -253,7 +261,7 @@ pub fn follow(
             if ended || tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(every).await;
         }
     });
     rx

@@ -172,10 +172,11 @@ async fn exec(
     >,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    let command: Vec<String> = url_pairs(query.as_deref().unwrap_or_default())
-        .into_iter()
+    let pairs = url_pairs(query.as_deref().unwrap_or_default());
+    let command: Vec<String> = pairs
+        .iter()
         .filter(|(k, _)| k == "command")
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.clone())
         .collect();
     if command.is_empty() {
         return bad_request("you must specify at least one command for the container".into());
@@ -187,7 +188,10 @@ async fn exec(
         Ok(id) => id,
         Err(msg) => return bad_request(msg),
     };
-    crate::exec::upgrade(agent, ws, id, command)
+    let tty = pairs
+        .iter()
+        .any(|(k, v)| k == "tty" && (v == "true" || v == "1"));
+    crate::exec::upgrade(agent, ws, id, command, tty)
 }
 
 async fn attach(

@@ -886,6 +886,8 @@ impl Worker {
                 .join(format!("{attempt}.log")),
             labels,
             stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
             security,
         })
     }

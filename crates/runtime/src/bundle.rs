@@ -255,9 +255,13 @@ pub fn spec(config: &ContainerConfig) -> Spec {
         config.cwd.clone()
     };
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(config.tty)
         .args(config.args.clone())
-        .env(config.env.clone())
+        .env(if config.tty {
+            crate::terminal::with_term(config.env.clone())
+        } else {
+            config.env.clone()
+        })
         .cwd(cwd)
         .user(
             UserBuilder::default()
@@ -418,6 +422,8 @@ mod tests {
             log_path: "/logs/0.log".into(),
             labels: Default::default(),
             stdin: false,
+            stdin_once: false,
+            tty: false,
             security: Default::default(),
         }
     }

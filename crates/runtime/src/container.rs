@@ -131,6 +131,14 @@ pub struct ContainerConfig {
     /// in the container's directory); otherwise it reads /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// Whether that standard input ends when the first writer to it goes (`stdinOnce`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// Whether the process runs on a terminal ([`crate::terminal`]), which its supervisor
+    /// holds: its output goes to the log as stdout, its input is the standard input above, and
+    /// sizes written to the `resize` FIFO resize it.
+    #[serde(default)]
+    pub tty: bool,
     /// The security settings.
     #[serde(default)]
     pub security: Security,
@@ -241,8 +249,8 @@ pub struct Runtime {
 /// What the agent keeps of a container's image beside its config.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Meta {
-    config: ContainerConfig,
+pub(crate) struct Meta {
+    pub(crate) config: ContainerConfig,
     image_id: String,
 }
 
@@ -457,10 +465,27 @@ impl Runtime {
         self.dir(id).join("stdin")
     }
 
+    /// The FIFO that takes terminal sizes for container `id` (if it has a terminal), one JSON
+    /// [`crate::terminal::Size`] a line.
+    pub fn resize_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("resize")
+    }
+
     /// The helper command that runs `command` inside running container `id` (see
-    /// [`crate::exec`]); the caller sets its stdio.
-    pub fn exec_command(&self, id: &str, command: &[String]) -> Command {
-        crate::exec::helper(&self.shim, &self.state_root, id, command)
+    /// [`crate::exec`]); the caller sets its stdio. With `console_socket`, the command runs on
+    /// a terminal whose master end is sent there.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        command: &[String],
+        console_socket: Option<&Path>,
+    ) -> Command {
+        crate::exec::helper(&self.shim, &self.state_root, id, command, console_socket)
+    }
+
+    /// A fresh path for a console socket ([`crate::terminal`]).
+    pub fn console_socket_path(&self) -> PathBuf {
+        crate::terminal::socket_path(&self.state_root)
     }
 
     /// Removes a container that is not running: its root, bundle and state (its log stays).

@@ -3,7 +3,8 @@
 //! container's namespaces and cgroup with libcontainer's tenant builder, waits for the process
 //! and exits with its exit code (128 + the signal when a signal ended it). The process is the
 //! container's own with other arguments, as the CRI's exec makes it: the same user and groups,
-//! capabilities, environment, working directory and no_new_privs.
+//! capabilities, environment, working directory and no_new_privs. Given a console socket, the
+//! process runs on a terminal of its own ([`crate::terminal`]), whose master end goes there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,20 +22,30 @@ pub struct Args {
     pub state_root: PathBuf,
     /// The command and its arguments.
     pub command: Vec<String>,
+    /// Where to send the master end of the process's terminal; none: no terminal.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The helper command that runs `command` in container `id`; the caller sets its stdio. Its
 /// exit code is the process's; 126 means the process could not be started (the reason is on
-/// its standard error).
-pub fn helper(program: &Path, state_root: &Path, id: &str, command: &[String]) -> Command {
+/// its standard error). With `console_socket`, the process gets a terminal.
+pub fn helper(
+    program: &Path,
+    state_root: &Path,
+    id: &str,
+    command: &[String],
+    console_socket: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.arg("exec-in")
         .arg("--id")
         .arg(id)
         .arg("--state-root")
-        .arg(state_root)
-        .arg("--")
-        .args(command);
+        .arg(state_root);
+    if let Some(socket) = console_socket {
+        cmd.arg("--console-socket").arg(socket);
+    }
+    cmd.arg("--").args(command);
     cmd
 }
 
@@ -48,11 +59,36 @@ fn process_file(args: &Args) -> Result<PathBuf, String> {
         .map_err(|e| format!("load the spec of container {}: {e}", args.id))?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args.command.clone()));
-    process.set_terminal(Some(false));
+    let terminal = args.console_socket.is_some();
+    process.set_terminal(Some(terminal));
+    if terminal {
+        process.set_env(Some(crate::terminal::with_term(
+            process.env().clone().unwrap_or_default(),
+        )));
+    }
     let path = dir.join(format!("exec-{}.json", std::process::id()));
     let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
     std::fs::write(&path, json).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// Removes the sockets libcontainer leaves in the container's state directory for each exec
+/// (`tenant-notify-*`, `tenant-tty-*`) once they are a minute old: they serve only while an exec
+/// starts, and exec probes would otherwise pile them up.
+fn remove_stale_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let stale = |e: &std::fs::DirEntry| {
+        e.file_name().to_string_lossy().starts_with("tenant-")
+            && e.path()
+                .symlink_metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60))
+    };
+    for entry in entries.flatten().filter(stale) {
+        let _ = std::fs::remove_file(entry.path());
+    }
 }
 
 /// Runs the helper; returns the exit code to exit with.
@@ -67,12 +103,16 @@ pub fn main(args: Args) -> i32 {
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
         .with_root_path(&args.state_root)
         .map(|b| {
-            b.as_tenant()
+            b.with_console_socket(args.console_socket.as_ref())
+                .as_tenant()
                 .with_process(Some(&process))
-                .with_detach(false)
+                // libcontainer takes a console socket only for a "detached" process; it is
+                // still this helper's child, waited for below
+                .with_detach(args.console_socket.is_some())
         })
         .and_then(|b| b.build());
     let _ = std::fs::remove_file(&process);
+    remove_stale_sockets(&args.state_root.join(&args.id));
     let pid = match built {
         Ok(pid) => Pid::from_raw(pid.as_raw()),
         Err(e) => {

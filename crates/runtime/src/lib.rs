@@ -7,7 +7,8 @@
 //! - [`container`]: containers created from images, started under a supervisor ([`shim`]) that
 //!   outlives the agent, read back, signalled and removed; [`bundle`] writes their OCI runtime
 //!   spec and [`rootfs`] their overlayfs root; [`exec`] runs more processes in them;
-//!   [`cri_log`] is the format of their logs.
+//!   [`cri_log`] is the format of their logs; [`terminal`] gives them and exec'd processes
+//!   terminals.
 //! - [`sandbox`]: the namespaces the containers of one pod share; [`cgroups`] removes a pod's
 //!   cgroups once its containers are gone.
 
@@ -22,3 +23,4 @@ pub mod reference;
 pub mod rootfs;
 pub mod sandbox;
 pub mod shim;
+pub mod terminal;

@@ -79,52 +79,81 @@ pub fn main(args: Args) -> i32 {
 fn supervise(args: &Args) -> Result<(), String> {
     let bundle = &args.bundle;
     let meta = std::fs::read(bundle.join("meta.json")).map_err(|e| format!("read meta: {e}"))?;
-    let config: serde_json::Value =
+    let meta: container::Meta =
         serde_json::from_slice(&meta).map_err(|e| format!("parse meta: {e}"))?;
-    let log_path = config["config"]["logPath"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or("meta.json has no logPath")?;
-    let cgroup_path = config["config"]["cgroupPath"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let config = meta.config;
     let log = Arc::new(Mutex::new(
-        LogFile::open(log_path.clone())
-            .map_err(|e| format!("open log {}: {e}", log_path.display()))?,
+        LogFile::open(config.log_path.clone())
+            .map_err(|e| format!("open log {}: {e}", config.log_path.display()))?,
     ));
-
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let stdin: OwnedFd = if config["config"]["stdin"].as_bool() == Some(true) {
-        // A FIFO the container reads and `kubectl attach -i` writes to; opened for reading and
-        // writing so that the container never sees the end of it between attaches.
+    let input = if config.stdin {
+        // A FIFO `kubectl attach -i` writes to; what comes through it is copied to the
+        // container, whose input ends with the first writer's if stdinOnce says so.
         let fifo = bundle.join("stdin");
-        if !fifo.exists() {
-            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(|e| format!("create the stdin FIFO: {e}"))?;
-        }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&fifo)
-            .map_err(|e| format!("open the stdin FIFO: {e}"))?
-            .into()
+        make_fifo(&fifo)?;
+        Some(fifo)
     } else {
-        File::open("/dev/null")
-            .map_err(|e| format!("open /dev/null: {e}"))?
-            .into()
+        None
     };
 
-    let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
-        .with_root_path(&args.state_root)
-        .map(|b| b.with_stdin(stdin).with_stdout(out_w).with_stderr(err_w))
-        .and_then(|b| {
-            b.as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-        });
+    let builder = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_root_path(&args.state_root);
+    let mut copiers = Vec::new();
+    let mut console = None;
+    let built = if config.tty {
+        // The container's terminal: libcontainer sends its master end to this socket.
+        let path = crate::terminal::socket_path(&args.state_root);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| format!("bind the console socket {}: {e}", path.display()))?;
+        let built = builder
+            .map(|b| b.with_console_socket(Some(&path)))
+            .and_then(|b| {
+                b.as_init(bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .build()
+            });
+        if built.is_ok() {
+            let master = listener
+                .accept()
+                .and_then(|(stream, _)| crate::terminal::receive_master(&stream))
+                .map_err(|e| format!("receive the container's terminal: {e}"))?;
+            copiers.push(spawn_copier(clone(&master)?, "stdout", log.clone(), true));
+            if let Some(fifo) = input {
+                spawn_input(fifo, clone(&master)?, config.stdin_once, true);
+            }
+            let resize = bundle.join("resize");
+            make_fifo(&resize)?;
+            spawn_resizer(resize, clone(&master)?);
+            console = Some(master);
+        }
+        let _ = std::fs::remove_file(&path);
+        built
+    } else {
+        let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let stdin: OwnedFd = match input {
+            Some(fifo) => {
+                let (in_r, in_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+                spawn_input(fifo, in_w, config.stdin_once, false);
+                in_r
+            }
+            None => File::open("/dev/null")
+                .map_err(|e| format!("open /dev/null: {e}"))?
+                .into(),
+        };
+        copiers.push(spawn_copier(out_r, "stdout", log.clone(), false));
+        copiers.push(spawn_copier(err_r, "stderr", log.clone(), false));
+        builder
+            .map(|b| b.with_stdin(stdin).with_stdout(out_w).with_stderr(err_w))
+            .and_then(|b| {
+                b.as_init(bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .build()
+            })
+    };
     let mut ctr = match built.and_then(|mut c| c.start().map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
@@ -147,17 +176,15 @@ fn supervise(args: &Args) -> Result<(), String> {
     container::record_started(bundle, &started).map_err(|e| e.to_string())?;
     answer(&Answer::Started(started));
 
-    let copiers = [
-        spawn_copier(out_r, "stdout", log.clone()),
-        spawn_copier(err_r, "stderr", log.clone()),
-    ];
     let status = wait_for(pid);
+    // the terminal's output ends once every process on it has gone
+    drop(console);
     let (exit_code, signal) = match status {
         WaitStatus::Exited(_, code) => (code, None),
         WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
         _ => (255, None),
     };
-    let oom_killed = signal == Some(9) && oom_kills(&cgroup_path) > 0;
+    let oom_killed = signal == Some(9) && oom_kills(&config.cgroup_path) > 0;
     // Whatever is left of the container's output is read until every writer has gone (the
     // kernel ends the container's other processes with its PID 1), within reason.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -269,10 +296,14 @@ impl LogFile {
     }
 }
 
+/// Copies what the container writes to `fd` into its log. From a terminal, what has come is
+/// written at once, a line's pieces as partial records, so that `kubectl attach` shows a
+/// prompt before its line ends.
 fn spawn_copier(
     fd: OwnedFd,
     stream: &'static str,
     log: Arc<Mutex<LogFile>>,
+    terminal: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = File::from(fd);
@@ -286,6 +317,10 @@ fn spawn_copier(
             pending.extend_from_slice(&buf[..n]);
             let mut lines = Vec::new();
             cri_log::drain_lines(&mut pending, stream, &container::now(), &mut lines);
+            if terminal && !pending.is_empty() {
+                cri_log::push_line(&mut lines, &container::now(), stream, true, &pending);
+                pending.clear();
+            }
             if let Ok(mut f) = log.lock() {
                 let _ = f.write_all(&lines);
             }
@@ -298,6 +333,55 @@ fn spawn_copier(
             }
         }
     })
+}
+
+/// Creates a FIFO unless it is there.
+fn make_fifo(path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("create the FIFO {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn clone(fd: &OwnedFd) -> Result<OwnedFd, String> {
+    fd.try_clone().map_err(|e| format!("dup: {e}"))
+}
+
+/// Copies what writers put into the FIFO at `fifo` to the container's input `to`, writer after
+/// writer, or only the first one's with `once`. Then the input ends: the pipe closes, or a
+/// terminal gets its end-of-file character (Ctrl-D).
+fn spawn_input(fifo: PathBuf, to: OwnedFd, once: bool, terminal: bool) {
+    std::thread::spawn(move || {
+        let mut to = File::from(to);
+        loop {
+            // blocks until a writer comes
+            let Ok(mut from) = File::open(&fifo) else {
+                return;
+            };
+            if io::copy(&mut from, &mut to).is_err() || once {
+                break;
+            }
+        }
+        if terminal {
+            let _ = to.write_all(&[4]);
+        }
+    });
+}
+
+/// Applies the sizes written to the FIFO at `fifo` to the terminal whose master end is `master`.
+fn spawn_resizer(fifo: PathBuf, master: OwnedFd) {
+    std::thread::spawn(move || {
+        // opened for writing too, so that it never ends between writers
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&fifo) else {
+            return;
+        };
+        for line in io::BufRead::lines(io::BufReader::new(file)).map_while(Result::ok) {
+            if let Ok(size) = serde_json::from_str(&line) {
+                let _ = crate::terminal::resize(&master, size);
+            }
+        }
+    });
 }
 
 #[cfg(test)]

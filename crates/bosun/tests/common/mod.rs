@@ -181,6 +181,47 @@ impl Cluster {
             .expect("run kubectl")
     }
 
+    /// Runs kubectl on a terminal of `cols` x `rows` (made by util-linux `script`), typing
+    /// each piece of `typed` after its pause; returns what the terminal showed and kubectl's
+    /// exit code. The input stays open until kubectl exits (or 60 s pass).
+    pub fn kubectl_on_terminal(
+        &self,
+        args: &str,
+        (cols, rows): (u16, u16),
+        typed: &[(u64, &str)],
+    ) -> (String, Option<i32>) {
+        use std::io::Write;
+        let kubectl = kubectl_path();
+        let mut child = Command::new("script")
+            .args(["--quiet", "--return", "--command"])
+            .arg(format!(
+                "stty cols {cols} rows {rows}; exec {} {args}",
+                kubectl.display()
+            ))
+            .arg("/dev/null")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run script (util-linux) for a terminal");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for (pause, text) in typed {
+            std::thread::sleep(Duration::from_millis(*pause));
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        drop(stdin);
+        let out = child.wait_with_output().expect("output");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (text, out.status.code())
+    }
+
     /// Runs kubectl with standard input.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
