@@ -53,6 +53,13 @@ impl Backoff {
         (now - finished < entry.delay).then_some(entry.delay)
     }
 
+    /// Whether a key must still wait at `now` since its last [`Backoff::next`] (client-go's
+    /// `IsInBackOffSinceUpdate`, as image pulls use it); returns how long it waits in all.
+    pub fn in_backoff_since_update(&self, key: &str, now: DateTime<Utc>) -> Option<Duration> {
+        let last_update = self.entries.get(key)?.last_update;
+        self.in_backoff(key, last_update, now)
+    }
+
     /// Records a restart at `now`: the next one waits longer.
     pub fn next(&mut self, key: &str, now: DateTime<Utc>) {
         let delay = match self.entries.get(key) {
@@ -77,6 +84,27 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pulls_wait_from_their_last_failure() {
+        let mut b = Backoff::default();
+        let t0 = Utc::now();
+        assert_eq!(b.in_backoff_since_update("p", t0), None);
+        b.next("p", t0);
+        let later = |s| t0 + Duration::seconds(s);
+        assert_eq!(
+            b.in_backoff_since_update("p", later(9)),
+            Some(Duration::seconds(10))
+        );
+        assert_eq!(
+            b.in_backoff_since_update("p", later(11)),
+            None,
+            "tried again"
+        );
+        b.next("p", later(11));
+        assert!(b.in_backoff_since_update("p", later(30)).is_some());
+        assert_eq!(b.in_backoff_since_update("p", later(32)), None);
+    }
 
     #[test]
     fn first_restart_is_immediate_then_the_wait_doubles_to_five_minutes() {

@@ -157,17 +157,17 @@ impl Agent {
             }
             _ => {}
         }
+        // by image, as kubelet's: a pod given another image pulls it at once
         let key = format!(
-            "{}/pull/{}",
+            "{}/pull/{image}",
             pod.metadata.uid.as_deref().unwrap_or_default(),
-            c.name
         );
         let now = chrono::Utc::now();
         let backing_off = self
             .backoff
             .lock()
             .ok()
-            .and_then(|b| b.in_backoff(&key, now, now))
+            .and_then(|b| b.in_backoff_since_update(&key, now))
             .is_some();
         if backing_off {
             let msg = format!("Back-off pulling image \"{image}\"");

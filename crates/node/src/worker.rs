@@ -352,8 +352,7 @@ impl Worker {
                 let (cur, _) = Self::latest(&observed, ContainerKind::Init, &c.name);
                 match cur.map(|k| (k, &k.state)) {
                     None => {
-                        self.start(pod, c, ContainerKind::Init, 0, &volumes).await;
-                        busy = true;
+                        busy |= self.start(pod, c, ContainerKind::Init, 0, &volumes).await;
                     }
                     Some((_, State::Exited(_, e))) if succeeded(e) => continue,
                     Some((k, State::Exited(_, e))) => {
@@ -373,9 +372,9 @@ impl Worker {
                     let (cur, _) = Self::latest(&observed, ContainerKind::Regular, &c.name);
                     match cur.map(|k| (k, &k.state)) {
                         None => {
-                            self.start(pod, c, ContainerKind::Regular, 0, &volumes)
+                            busy |= self
+                                .start(pod, c, ContainerKind::Regular, 0, &volumes)
                                 .await;
-                            busy = true;
                         }
                         Some((k, State::Exited(_, e))) if should_restart(&policy, e) => {
                             busy |= self
@@ -393,6 +392,10 @@ impl Worker {
         self.report(pod, &observed, sandbox_ready).await;
         Ok(if busy {
             Duration::from_millis(200)
+        } else if !self.waiting.is_empty() {
+            // a container that cannot be created yet (its image backing off, its config
+            // missing) is tried again every few seconds, not at the pace of a starting pod
+            Duration::from_secs(2)
         } else {
             Duration::from_millis(500)
         })
@@ -498,8 +501,7 @@ impl Worker {
             b.next(&key, now);
         }
         self.start(pod, c, kind, attempt_of(ended) + 1, volumes)
-            .await;
-        true
+            .await
     }
 
     /// Builds the pod's sandbox, address and /etc files, once per worker (a worker of an agent
@@ -561,7 +563,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Creates and starts attempt `attempt` of a container.
+    /// Creates and starts attempt `attempt` of a container; returns whether it was created
+    /// (false while it waits for its image or its configuration).
     async fn start(
         &mut self,
         pod: &Pod,
@@ -569,13 +572,13 @@ impl Worker {
         kind: ContainerKind,
         attempt: i32,
         volumes: &crate::volumes::Volumes,
-    ) {
+    ) -> bool {
         let key = (kind, c.name.clone());
         let image = match self.agent.ensure_image(pod, c).await {
             Ok(image) => image,
             Err((reason, message)) => {
                 self.waiting.insert(key, (reason, Some(message)));
-                return;
+                return false;
             }
         };
         let config = match self
@@ -593,7 +596,7 @@ impl Worker {
                 );
                 self.waiting
                     .insert(key, ("CreateContainerConfigError".into(), Some(msg)));
-                return;
+                return false;
             }
         };
         let id = new_id();
@@ -623,7 +626,7 @@ impl Worker {
             event(Kind::Warning, "Failed", &format!("Error: {msg}"));
             self.waiting
                 .insert(key, ("CreateContainerError".into(), Some(msg)));
-            return;
+            return false;
         }
         self.waiting.remove(&key);
         self.ids.push(id.clone());
@@ -635,7 +638,7 @@ impl Worker {
         if let Err((_, msg)) = started {
             let msg = format!("Error: failed to start container \"{}\": {msg}", c.name);
             event(Kind::Warning, "Failed", &msg);
-            return;
+            return true;
         }
         event(
             Kind::Normal,
@@ -658,6 +661,7 @@ impl Worker {
                     .await;
             }
         }
+        true
     }
 
     /// Writes the files of the pod's volumes of API data whose contents changed (renewing the
