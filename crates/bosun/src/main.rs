@@ -201,6 +201,10 @@ struct ServerArgs {
     /// The range Service ClusterIPs come from (the cluster DNS takes the tenth address).
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: ipnet::Ipv4Net,
+    /// The range pods' addresses come from: each node gets a /24 of it (this machine's node
+    /// the first, unless --pod-cidr says otherwise).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
     /// The range NodePort Services' ports come from.
     #[arg(long, default_value = "30000-32767", value_parser = port_range)]
     service_node_port_range: std::ops::RangeInclusive<u16>,
@@ -218,8 +222,8 @@ struct AgentArgs {
     /// The name of this machine's Node (default: its hostname).
     #[arg(long)]
     node_name: Option<String>,
-    /// The pod CIDR of this machine's node (each node needs its own; the server's node takes
-    /// 10.42.0.0/24 unless told).
+    /// The pod CIDR of this machine's node (default: one given by the cluster from its
+    /// --cluster-cidr).
     #[arg(long)]
     pod_cidr: Option<network::ipam::Cidr>,
     /// The Linux bridge pods are attached to.
@@ -356,6 +360,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         component_client(&running, "system:kube-controller-manager", &[]).await?,
         running.ca_pem.clone(),
         Some(signer),
+        Some(args.cluster_cidr),
     );
     let scheduler = tokio::spawn(scheduler::run(
         component_client(&running, "system:kube-scheduler", &[]).await?,
@@ -365,7 +370,14 @@ async fn server(args: ServerArgs) -> Result<()> {
     } else {
         // the cluster DNS Service has the tenth address of the service range
         let cluster_dns = std::net::Ipv4Addr::from(u32::from(args.service_cidr.network()) + 10);
-        Some(start_agent(&running, &data_dir, args.agent, cluster_dns).await?)
+        // this machine's node has the cluster CIDR's first range unless told
+        let first = controllers::node_ipam::next_free(args.cluster_cidr, &Default::default())
+            .context("the cluster CIDR has no room for a node")?;
+        let pod_cidr = match args.agent.pod_cidr {
+            Some(c) => c,
+            None => first.to_string().parse().map_err(anyhow::Error::msg)?,
+        };
+        Some(start_agent(&running, &data_dir, args.agent, pod_cidr, cluster_dns).await?)
     };
     eprintln!(
         "bosun server listening on {} (ready in {} ms)",
@@ -375,7 +387,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     eprintln!("admin kubeconfig: {}", running.admin_kubeconfig.display());
     let join_token = first_join_token(&running, &data_dir).await?;
     eprintln!(
-        "join other machines: bosun agent --server https://{advertise_address}:{} --token $(cat {}) --pod-cidr 10.42.N.0/24",
+        "join other machines: bosun agent --server https://{advertise_address}:{} --token $(cat {})",
         running.url.rsplit(':').next().unwrap_or("6443"),
         join_token.display()
     );
@@ -426,9 +438,6 @@ async fn component_client(
     .await?;
     Ok(kube::Client::try_from(config)?)
 }
-
-/// The pod CIDR of the server's own node unless told.
-const SERVER_POD_CIDR: &str = "10.42.0.0/24";
 
 /// The node agent needs root.
 fn require_root() -> Result<()> {
@@ -495,6 +504,7 @@ async fn start_agent(
     running: &apiserver::Running,
     data_dir: &std::path::Path,
     args: AgentArgs,
+    pod_cidr: network::ipam::Cidr,
     cluster_dns: std::net::Ipv4Addr,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     require_root()?;
@@ -505,10 +515,6 @@ async fn start_agent(
         &["system:nodes"],
     )
     .await?;
-    let pod_cidr = match args.pod_cidr {
-        Some(c) => c,
-        None => SERVER_POD_CIDR.parse().map_err(anyhow::Error::msg)?,
-    };
     let agent = new_agent(
         node_name,
         data_dir,
@@ -530,13 +536,15 @@ async fn start_agent(
 async fn join(args: JoinArgs) -> Result<()> {
     require_root()?;
     let node_name = node_name(&args.agent)?;
-    let pod_cidr = args.agent.pod_cidr.ok_or_else(|| {
-        anyhow::anyhow!(
-            "--pod-cidr is required: each node needs a range of its own for its pods (the server's node has {SERVER_POD_CIDR} unless told), e.g. --pod-cidr 10.42.1.0/24"
-        )
-    })?;
     let pki = args.data_dir.join("agent/pki");
     let joined = node::join::credentials(&args.server, &args.token, &node_name, &pki).await?;
+    let pod_cidr = match args.agent.pod_cidr {
+        Some(c) => c,
+        None => node::join::assigned_pod_cidr(&joined.client, &node_name)
+            .await?
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    };
     // the cluster DNS is the kube-dns Service's address
     let services: kube::Api<k8s_openapi::api::core::v1::Service> =
         kube::Api::namespaced(joined.client.clone(), "kube-system");

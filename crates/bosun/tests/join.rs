@@ -19,7 +19,7 @@ fn agent(c: &Cluster, token: &str, dir: &std::path::Path, name: &str) -> Command
         "--data-dir",
     ])
     .arg(dir)
-    .args(["--node-name", name, "--pod-cidr", "10.42.0.0/24"]);
+    .args(["--node-name", name]);
     cmd
 }
 
@@ -38,6 +38,10 @@ fn a_machine_joins_with_a_token_until_it_is_revoked() {
         .output()
         .expect("import");
     assert!(imported.status.success());
+    // another node holds the cluster CIDR's first range
+    c.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: elsewhere}\nspec: {podCIDR: 10.42.0.0/24}\n",
+    );
     let mut joined = agent(&c, token, node_dir.path(), "joined")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -56,6 +60,12 @@ fn a_machine_joins_with_a_token_until_it_is_revoked() {
             == b"True"
     });
     assert!(ready, "the joined node did not become Ready");
+    // the cluster gave it the next free range
+    assert_eq!(
+        c.jp("node/joined", "{.spec.podCIDRs}"),
+        "[\"10.42.1.0/24\"]"
+    );
+    c.ok(&["delete", "node", "elsewhere"]);
     // its identity came from certificate requests: the client one asked with the token
     let id = token.rsplit("::").next().and_then(|t| t.split('.').next());
     let csrs = c.ok(&["get", "csr", "-o", "jsonpath={range .items[*]}{.spec.signerName} {.spec.username} {.status.conditions[0].type}{\"\\n\"}{end}"]);
@@ -115,6 +125,7 @@ fn a_machine_joins_with_a_token_until_it_is_revoked() {
     });
     assert!(running, "the pod did not run on the joined node");
     assert_eq!(c.jp("pod/hello", "{.spec.nodeName}"), "joined");
+    assert!(c.jp("pod/hello", "{.status.podIP}").starts_with("10.42.1."));
 
     // a revoked token joins no more
     let id = id.expect("token id").to_string();

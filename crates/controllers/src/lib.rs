@@ -13,6 +13,7 @@
 //! - [`daemonset`]: a pod on every eligible node; [`statefulset`]: pods with stable names,
 //!   both keeping their template history as ControllerRevisions ([`revisions`]).
 //! - [`node_lifecycle`]: silent nodes turn Unknown and are tainted; their pods are evicted.
+//! - [`node_ipam`]: nodes without a pod CIDR get one from the cluster CIDR.
 //! - [`endpoints`]: Services' Endpoints and EndpointSlices from the pods they select, and
 //!   user-written Endpoints mirrored into slices.
 //! - [`service_lb`]: LoadBalancer Services get the nodes' addresses, as k3s's servicelb.
@@ -41,6 +42,7 @@ pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
@@ -199,11 +201,13 @@ pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs every controller until one of them stops.
+/// Runs every controller until one of them stops. Nodes get pod CIDRs from `cluster_cidr`
+/// when given.
 pub fn start(
     client: kube::Client,
     ca_pem: String,
     sign_csr: Option<Signer>,
+    cluster_cidr: Option<ipnet::Ipv4Net>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
         // One identity per machine: a server restarted on the same machine takes its Lease
@@ -232,6 +236,12 @@ pub fn start(
                 _ = daemonset::run(ctx.clone()) => "daemonset",
                 _ = statefulset::run(ctx.clone()) => "statefulset",
                 _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
+                _ = async {
+                    match cluster_cidr {
+                        Some(cidr) => node_ipam::run(ctx.clone(), cidr).await,
+                        None => std::future::pending().await,
+                    }
+                } => "node-ipam",
                 _ = disruption::run(ctx.clone()) => "disruption",
                 _ = endpoints::run(ctx.clone()) => "endpoints",
                 _ = service_lb::run(ctx.clone()) => "service-lb",

@@ -9,7 +9,8 @@
 //! asks with the bootstrap token for a client certificate (a CertificateSigningRequest for
 //! `system:node:NAME` in `system:nodes`, signer `kubernetes.io/kube-apiserver-client-kubelet`,
 //! approved and signed by the controllers) and keeps it in a kubeconfig of its own. With that
-//! identity it asks for its serving certificate (signer `kubernetes.io/kubelet-serving`).
+//! identity it asks for its serving certificate (signer `kubernetes.io/kubelet-serving`), and,
+//! unless told its pod CIDR, registers its Node and waits for the controllers to give it one.
 //! Deleting the bootstrap token's Secret revokes the token.
 
 use std::path::{Path, PathBuf};
@@ -385,6 +386,43 @@ pub async fn credentials(
         client: client(server, Some(&ca), auth)?,
         ca_pem: ca,
     })
+}
+
+/// The pod CIDR the cluster gives node `node_name` (its node IPAM): the Node is created if it
+/// is not there, then read until it has one.
+pub async fn assigned_pod_cidr(client: &kube::Client, node_name: &str) -> Result<String> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let node = k8s_openapi::api::core::v1::Node {
+        metadata: ObjectMeta {
+            name: Some(node_name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).context("cannot register the Node"),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let cidr = nodes
+            .get(node_name)
+            .await
+            .context("cannot read the Node")?
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .filter(|c| !c.is_empty());
+        if let Some(cidr) = cidr {
+            return Ok(cidr);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "node {node_name} got no pod CIDR from the cluster within a minute (is its cluster CIDR full?); pass --pod-cidr"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The serving certificate and key of `node_name` for `names` (its name and addresses): kept
