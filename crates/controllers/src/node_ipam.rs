@@ -40,21 +40,23 @@ pub fn next_free(cluster: Ipv4Net, used: &HashSet<Ipv4Net>) -> Option<Ipv4Net> {
 /// Gives every node that has no pod CIDR one from `cluster`.
 pub async fn run(ctx: Arc<Context>, cluster: Ipv4Net) {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    // given out but perhaps not in the cache yet
+    // given out but not in the cache yet
     let mut assigned: HashSet<Ipv4Net> = HashSet::new();
     let mut changes = std::pin::pin!(ctx.informers.nodes.subscribe());
     while let Some(node) = changes.next().await {
         if node.metadata.deletion_timestamp.is_some() || !cidrs_of(&node).is_empty() {
             continue;
         }
-        let used: HashSet<Ipv4Net> = ctx
+        let mut used: HashSet<Ipv4Net> = ctx
             .informers
             .nodes
             .objects()
             .iter()
             .flat_map(|n| cidrs_of(n))
-            .chain(assigned.iter().copied())
             .collect();
+        // once the cache shows a range, it is the cache's to keep (and to free with its node)
+        assigned.retain(|r| !used.contains(r));
+        used.extend(assigned.iter().copied());
         let Some(range) = next_free(cluster, &used) else {
             ctx.events.warning(
                 "cidrAllocator",
