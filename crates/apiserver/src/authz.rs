@@ -454,6 +454,7 @@ pub async fn authorize(storage: &Storage, user: &UserInfo, a: &Attributes) -> Re
             format!("{qualified} \"{}\" is forbidden: {reason}", a.name)
         }
     };
+    tracing::debug!(%message, "RBAC: denied");
     let mut details = serde_json::json!({"kind": a.resource});
     if !a.name.is_empty() {
         details["name"] = Value::from(a.name.clone());

@@ -1,6 +1,8 @@
 //! What the API server creates for itself at start, as upstream's apiserver does: the system
 //! namespaces, the system PriorityClasses and the default RBAC policy (roles, aggregated roles,
-//! bindings).
+//! bindings, and the controllers' roles in [`controller_policy`]).
+
+mod controller_policy;
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -412,7 +414,7 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
     edit_rules.extend(view_rules.clone());
     let mut admin_rules = aggregate_to_admin();
     admin_rules.extend(edit_rules.clone());
-    let roles = vec![
+    let mut roles = vec![
         cluster_role(
             "cluster-admin",
             json!({}),
@@ -502,24 +504,11 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             ],
             None,
         ),
-        // the control plane's own controllers: they read everything and manage namespaced content
+        // the controller manager's own identity; each controller has its own role
         cluster_role(
             "system:kube-controller-manager",
             json!({}),
-            vec![rule(
-                &["*"],
-                &["*"],
-                &[
-                    "get",
-                    "list",
-                    "watch",
-                    "create",
-                    "update",
-                    "patch",
-                    "delete",
-                    "deletecollection",
-                ],
-            )],
+            controller_policy::manager_rules(),
             None,
         ),
         // the scheduler: it reads pods and nodes, binds pods and reports those it cannot place
@@ -610,7 +599,7 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             None,
         ),
     ];
-    let bindings = vec![
+    let mut bindings = vec![
         // left without subjects, as upstream: the Node authorizer grants nodes what they need
         cluster_binding("system:node", "system:node", json!([])),
         cluster_binding(
@@ -663,6 +652,9 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             json!([user("system:kube-scheduler")]),
         ),
     ];
+    let (controller_roles, controller_bindings) = controller_policy::roles_and_bindings();
+    roles.extend(controller_roles);
+    bindings.extend(controller_bindings);
     (roles, bindings)
 }
 

@@ -356,8 +356,20 @@ async fn server(args: ServerArgs) -> Result<()> {
         std::sync::Arc::new(move |csr: &str, seconds: i64, usage: controllers::Usage| {
             pki.sign_csr(csr, seconds, usage == controllers::Usage::Server)
         });
+    let mut accounts = std::collections::HashMap::new();
+    for account in controllers::SERVICE_ACCOUNTS {
+        let user = format!("system:serviceaccount:kube-system:{account}");
+        let groups = [
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+        ];
+        accounts.insert(*account, component_client(&running, &user, &groups).await?);
+    }
     let ctrl = controllers::start(
-        component_client(&running, "system:kube-controller-manager", &[]).await?,
+        controllers::Credentials {
+            manager: component_client(&running, "system:kube-controller-manager", &[]).await?,
+            controllers: accounts,
+        },
         running.ca_pem.clone(),
         Some(signer),
         Some(args.cluster_cidr),

@@ -39,6 +39,9 @@ fn can_i_answers_a_matrix_of_subjects_verbs_and_resources() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let dev = "--as=system:serviceaccount:team:dev";
+    let deployments = "--as=system:serviceaccount:kube-system:deployment-controller";
+    let replicasets = "--as=system:serviceaccount:kube-system:replicaset-controller";
+    let manager = "--as=system:kube-controller-manager";
     let cases: &[(&[&str], &str)] = &[
         (&["create", "deployments", "-n", "team", dev], "yes"),
         (&["get", "secrets", "-n", "team", dev], "yes"),
@@ -73,6 +76,14 @@ fn can_i_answers_a_matrix_of_subjects_verbs_and_resources() {
             "no",
         ),
         (&["delete", "namespaces"], "yes"),
+        // the controllers hold only their own roles' rights
+        (&["create", "replicasets", "-A", deployments], "yes"),
+        (&["create", "pods", "-A", deployments], "no"),
+        (&["get", "secrets", "-A", deployments], "no"),
+        (&["create", "pods", "-A", replicasets], "yes"),
+        (&["delete", "deployments", "-A", replicasets], "no"),
+        (&["list", "secrets", "-A", manager], "yes"),
+        (&["delete", "pods", "-A", manager], "no"),
     ];
     for (args, want) in cases {
         assert_eq!(can(args), *want, "kubectl auth can-i {args:?}");
@@ -112,6 +123,64 @@ fn a_token_stops_working_when_its_service_account_is_deleted() {
         !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("Unauthorized"),
         "a deleted account's token is refused"
     );
+}
+
+#[test]
+fn a_pods_token_is_refused_until_a_role_binding_grants_access() {
+    let c = Cluster::start_node();
+    c.ok(&["create", "namespace", "probe"]);
+    c.ok(&["-n", "probe", "create", "serviceaccount", "reader"]);
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: probe}\nspec:\n  serviceAccountName: reader\n  containers:\n  - {name: c, image: busybox:1.36, command: [sleep, '3600']}\n",
+    );
+    c.ok(&[
+        "-n",
+        "probe",
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=90s",
+    ]);
+    // from inside the pod, through the `kubernetes` Service and cluster DNS, with the token
+    // the pod was given
+    let get = |path: &str| {
+        let script = format!(
+            "wget -q -O- --no-check-certificate --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" https://kubernetes.default.svc{path} 2>&1"
+        );
+        let out = c.kubectl(&["-n", "probe", "exec", "client", "--", "sh", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pods = "/api/v1/namespaces/probe/pods";
+    let before = get(pods);
+    assert!(
+        before.contains("403 Forbidden"),
+        "refused at first: {before}"
+    );
+    c.ok(&[
+        "-n",
+        "probe",
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    c.ok(&[
+        "-n",
+        "probe",
+        "create",
+        "rolebinding",
+        "reader-pods",
+        "--role=pod-reader",
+        "--serviceaccount=probe:reader",
+    ]);
+    let after = get(pods);
+    assert!(
+        after.contains("PodList") && after.contains("\"client\""),
+        "granted: {after}"
+    );
+    let secrets = get("/api/v1/namespaces/probe/secrets");
+    assert!(secrets.contains("403 Forbidden"), "only pods: {secrets}");
 }
 
 #[test]

@@ -28,21 +28,29 @@ pub fn last_seen(e: &Event) -> Option<Timestamp> {
         .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
-/// Runs the housekeeping loop.
-pub async fn run(ctx: Arc<Context>) {
+/// Deletes events an hour after they last happened, every minute, with the manager's client.
+pub async fn expire_events(client: &kube::Client) {
     loop {
         tokio::time::sleep(PERIOD).await;
-        if let Err(e) = expire_events(&ctx).await {
+        if let Err(e) = expire_events_once(client).await {
             tracing::debug!(error = %e, "expiring events failed");
         }
-        if let Err(e) = collect_terminated_pods(&ctx).await {
+    }
+}
+
+/// Deletes the oldest finished pods beyond the threshold, every minute (the pod garbage
+/// collector).
+pub async fn collect_terminated_pods(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(PERIOD).await;
+        if let Err(e) = collect_terminated_pods_once(&ctx).await {
             tracing::debug!(error = %e, "collecting finished pods failed");
         }
     }
 }
 
-async fn expire_events(ctx: &Context) -> kube::Result<()> {
-    let all: Api<Event> = Api::all(ctx.client.clone());
+async fn expire_events_once(client: &kube::Client) -> kube::Result<()> {
+    let all: Api<Event> = Api::all(client.clone());
     let now = Timestamp::now();
     let mut params = ListParams::default().limit(500);
     loop {
@@ -54,7 +62,7 @@ async fn expire_events(ctx: &Context) -> kube::Result<()> {
                 continue;
             }
             let api: Api<Event> =
-                Api::namespaced(ctx.client.clone(), &e.namespace().unwrap_or_default());
+                Api::namespaced(client.clone(), &e.namespace().unwrap_or_default());
             match api.delete(&e.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -68,7 +76,7 @@ async fn expire_events(ctx: &Context) -> kube::Result<()> {
     }
 }
 
-async fn collect_terminated_pods(ctx: &Context) -> kube::Result<()> {
+async fn collect_terminated_pods_once(ctx: &Context) -> kube::Result<()> {
     let mut finished: Vec<Arc<Pod>> = ctx
         .informers
         .pods

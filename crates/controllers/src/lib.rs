@@ -23,8 +23,13 @@
 //!
 //! They run only while this server holds the `kube-controller-manager` Lease ([`leader`]).
 //! The workload controllers share one watch and cache per kind ([`informer`]), remember their
-//! own writes until the cache shows them ([`expectations`]) and record events through one
+//! own writes until the cache shows them ([`expectations`]) and record events through an
 //! [`events::Recorder`].
+//!
+//! As kube-controller-manager with `--use-service-account-credentials`, the shared caches and
+//! the Lease use the manager's own identity, and each controller writes as its own service
+//! account in kube-system ([`SERVICE_ACCOUNTS`]), holding only the rights of its
+//! `system:controller:<name>` role.
 
 pub mod cleanup;
 pub mod cron;
@@ -53,6 +58,7 @@ pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,9 +92,42 @@ pub enum Error {
 /// The result of a reconcile.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What every reconciler shares.
+/// The service accounts in kube-system that the controllers act as, one per controller as
+/// upstream names them. The endpoint controller also keeps EndpointSlices (upstream's
+/// endpointslice and endpointslicemirroring controllers), and the node controller also
+/// allocates pod CIDRs (upstream's node-ipam-controller runs as the node controller too).
+pub const SERVICE_ACCOUNTS: &[&str] = &[
+    "namespace-controller",
+    "service-account-controller",
+    "root-ca-cert-publisher",
+    "certificate-controller",
+    "replicaset-controller",
+    "replication-controller",
+    "deployment-controller",
+    "job-controller",
+    "cronjob-controller",
+    "daemon-set-controller",
+    "statefulset-controller",
+    "node-controller",
+    "disruption-controller",
+    "endpoint-controller",
+    "service-controller",
+    "pod-garbage-collector",
+    "generic-garbage-collector",
+];
+
+/// The clients the controllers speak to the API with.
+pub struct Credentials {
+    /// The controller manager's own (`system:kube-controller-manager`): it watches every
+    /// kind for the shared caches, holds the Lease and creates the controllers' accounts.
+    pub manager: kube::Client,
+    /// One client per entry of [`SERVICE_ACCOUNTS`], acting as that service account.
+    pub controllers: HashMap<&'static str, kube::Client>,
+}
+
+/// What a reconciler has: its own client and recorder, and the shared caches.
 pub struct Context {
-    /// The API client.
+    /// The API client, acting as this controller's service account.
     pub client: kube::Client,
     /// The cluster CA certificate, PEM, published into every namespace.
     pub ca_pem: String,
@@ -104,6 +143,7 @@ pub struct Context {
 }
 
 /// One shared informer per kind.
+#[derive(Clone)]
 pub struct Informers {
     /// Every pod.
     pub pods: Arc<Informer<Pod>>,
@@ -204,12 +244,13 @@ pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
 /// Runs every controller until one of them stops. Nodes get pod CIDRs from `cluster_cidr`
 /// when given.
 pub fn start(
-    client: kube::Client,
+    credentials: Credentials,
     ca_pem: String,
     sign_csr: Option<Signer>,
     cluster_cidr: Option<ipnet::Ipv4Net>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
+        let client = credentials.manager;
         // One identity per machine: a server restarted on the same machine takes its Lease
         // back at once instead of waiting for it to expire.
         let identity = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -217,49 +258,94 @@ pub fn start(
             .unwrap_or_else(|_| "bosun".into());
         let elector = leader::Elector::new(client.clone(), "kube-controller-manager", identity);
         elector.acquire().await;
-        let ctx = Arc::new(Context {
-            informers: Informers::start(&client),
-            events: events::Recorder::new(client.clone()),
-            expectations: Default::default(),
-            client,
-            ca_pem,
-            sign_csr,
-        });
-        let workloads = async {
-            ctx.informers.ready().await;
-            tokio::select! {
-                _ = replicaset::run::<ReplicaSet>(ctx.clone()) => "replicaset",
-                _ = replicaset::run::<ReplicationController>(ctx.clone()) => "replicationcontroller",
-                _ = deployment::run(ctx.clone()) => "deployment",
-                _ = job::run(ctx.clone()) => "job",
-                _ = cronjob::run(ctx.clone()) => "cronjob",
-                _ = daemonset::run(ctx.clone()) => "daemonset",
-                _ = statefulset::run(ctx.clone()) => "statefulset",
-                _ = node_lifecycle::run(ctx.clone()) => "node-lifecycle",
-                _ = async {
-                    match cluster_cidr {
-                        Some(cidr) => node_ipam::run(ctx.clone(), cidr).await,
-                        None => std::future::pending().await,
-                    }
-                } => "node-ipam",
-                _ = disruption::run(ctx.clone()) => "disruption",
-                _ = endpoints::run(ctx.clone()) => "endpoints",
-                _ = service_lb::run(ctx.clone()) => "service-lb",
-                _ = cleanup::run(ctx.clone()) => "cleanup",
-                _ = garbage_collector::run(ctx.clone()) => "garbage-collector",
+        create_service_accounts(&client).await?;
+        let informers = Informers::start(&client);
+        let ctx = |account: &str| -> anyhow::Result<Arc<Context>> {
+            let own = credentials
+                .controllers
+                .get(account)
+                .ok_or_else(|| anyhow::anyhow!("no credentials for the {account}"))?;
+            Ok(Arc::new(Context {
+                client: own.clone(),
+                ca_pem: ca_pem.clone(),
+                sign_csr: sign_csr.clone(),
+                informers: informers.clone(),
+                expectations: Default::default(),
+                events: events::Recorder::new(own.clone()),
+            }))
+        };
+        let node = ctx("node-controller")?;
+        let workloads = {
+            let rs = ctx("replicaset-controller")?;
+            let rc = ctx("replication-controller")?;
+            let deploy = ctx("deployment-controller")?;
+            let job = ctx("job-controller")?;
+            let cronjob = ctx("cronjob-controller")?;
+            let ds = ctx("daemon-set-controller")?;
+            let sts = ctx("statefulset-controller")?;
+            let disruption = ctx("disruption-controller")?;
+            let endpoints = ctx("endpoint-controller")?;
+            let service = ctx("service-controller")?;
+            let gc = ctx("generic-garbage-collector")?;
+            let podgc = ctx("pod-garbage-collector")?;
+            let informers = informers.clone();
+            let manager = client.clone();
+            async move {
+                informers.ready().await;
+                tokio::select! {
+                    _ = replicaset::run::<ReplicaSet>(rs) => "replicaset",
+                    _ = replicaset::run::<ReplicationController>(rc) => "replicationcontroller",
+                    _ = deployment::run(deploy) => "deployment",
+                    _ = job::run(job) => "job",
+                    _ = cronjob::run(cronjob) => "cronjob",
+                    _ = daemonset::run(ds) => "daemonset",
+                    _ = statefulset::run(sts) => "statefulset",
+                    _ = node_lifecycle::run(node.clone()) => "node-lifecycle",
+                    _ = async {
+                        match cluster_cidr {
+                            Some(cidr) => node_ipam::run(node.clone(), cidr).await,
+                            None => std::future::pending().await,
+                        }
+                    } => "node-ipam",
+                    _ = disruption::run(disruption) => "disruption",
+                    _ = endpoints::run(endpoints) => "endpoints",
+                    _ = service_lb::run(service) => "service-lb",
+                    _ = cleanup::collect_terminated_pods(podgc) => "pod-gc",
+                    _ = cleanup::expire_events(&manager) => "event-expiry",
+                    _ = garbage_collector::run(gc) => "garbage-collector",
+                }
             }
         };
+        let certificates = ctx("certificate-controller")?;
         let stopped = tokio::select! {
             () = elector.hold() => "leader-election",
             stopped = workloads => stopped,
-            _ = namespace::run(ctx.clone()) => "namespace",
-            _ = serviceaccount::run(ctx.clone()) => "serviceaccount",
-            _ = root_ca::run(ctx.clone()) => "root-ca",
-            _ = csr_signer::run(ctx.clone()) => "csr-signer",
-            _ = csr_approver::run(ctx.clone()) => "csr-approver",
+            _ = namespace::run(ctx("namespace-controller")?) => "namespace",
+            _ = serviceaccount::run(ctx("service-account-controller")?) => "serviceaccount",
+            _ = root_ca::run(ctx("root-ca-cert-publisher")?) => "root-ca",
+            _ = csr_signer::run(certificates.clone()) => "csr-signer",
+            _ = csr_approver::run(certificates) => "csr-approver",
         };
         anyhow::bail!("the {stopped} controller stopped")
     })
+}
+
+/// Creates the controllers' service accounts in kube-system, as kube-controller-manager does
+/// before it starts a controller with its account's credentials.
+async fn create_service_accounts(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "kube-system");
+    for name in SERVICE_ACCOUNTS {
+        let account = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        create_in_namespace(&api, &account).await?;
+    }
+    Ok(())
 }
 
 /// Creates an object in a namespace, accepting that it already exists or that the namespace
