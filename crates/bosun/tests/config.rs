@@ -295,6 +295,72 @@ fn security_contexts_hold_inside_the_container() {
 }
 
 #[test]
+fn a_pods_containers_share_one_process_namespace_when_asked() {
+    let c = Cluster::start_node();
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.apply(
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shared"},
+        "spec": {"shareProcessNamespace": true, "containers": [
+          {"name": "app", "image": "busybox:1.36", "command": ["sleep", "3600"]},
+          {"name": "sidecar", "image": "busybox:1.36", "command": ["sleep", "3601"]}]}}"#,
+    );
+    c.apply(&sleeper("alone", "", "{}"));
+    wait_ready(&c, "shared");
+    wait_ready(&c, "alone");
+    let pid_1 = |ps: &str| {
+        ps.lines()
+            .find(|l| l.split_whitespace().next() == Some("1"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ps = c.ok(&["exec", "shared", "-c", "sidecar", "--", "ps"]);
+    assert!(pid_1(&ps).contains("pause"), "PID 1 is the pod's: {ps}");
+    assert!(
+        ps.contains("sleep 3600") && ps.contains("sleep 3601"),
+        "each sees the other: {ps}"
+    );
+    // the sidecar can signal the app, whose container then restarts in the same namespace
+    c.ok(&[
+        "exec",
+        "shared",
+        "-c",
+        "sidecar",
+        "--",
+        "sh",
+        "-c",
+        "kill $(ps | awk '$NF == \"3600\" {print $1}')",
+    ]);
+    let restarts = "{.status.containerStatuses[?(@.name==\"app\")].restartCount}";
+    assert!(
+        c.wait_for(60, || c.jp("pod/shared", restarts) == "1"
+            && String::from_utf8_lossy(
+                &c.kubectl(&["exec", "shared", "-c", "sidecar", "--", "ps"])
+                    .stdout
+            )
+            .contains("sleep 3600")),
+        "the app restarts and is seen again"
+    );
+    let own = c.ok(&["exec", "alone", "--", "ps"]);
+    assert!(pid_1(&own).contains("sleep 3600"), "not shared: {own}");
+    let refused = c.fails(&[
+        "run",
+        "both",
+        "--image=busybox:1.36",
+        "--overrides={\"spec\": {\"hostPID\": true, \"shareProcessNamespace\": true}}",
+        "--",
+        "true",
+    ]);
+    assert!(
+        refused.contains("ShareProcessNamespace and HostPID cannot both be enabled"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn scenario_13_security() {
     Cluster::start_node().scenario("13-security");
 }
