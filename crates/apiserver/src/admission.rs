@@ -146,11 +146,7 @@ fn pod_security(rt: &ResourceType, namespace: &Value, obj: &Value) -> Result<Vec
         )));
     }
     if let Some(audit) = decision.audit {
-        tracing::info!(
-            namespace = meta::name(namespace),
-            object = meta::name(obj),
-            "{audit}"
-        );
+        crate::audit::annotate("pod-security.kubernetes.io/audit-violations", audit);
     }
     Ok(decision.warnings)
 }

@@ -2,8 +2,10 @@
 //! per request (None, Metadata, Request, RequestResponse) by its first matching rule, and each
 //! audited request becomes one JSON line (an `audit.k8s.io/v1` Event at stage
 //! ResponseComplete) in the log file. Lines are written by a thread of their own so that requests
-//! never wait on the file.
+//! never wait on the file. What serves a request can [`annotate`] its event, as Pod Security
+//! admission does with the violations its `audit` level finds.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
@@ -13,6 +15,45 @@ use serde_json::{Value, json};
 
 use crate::authn::UserInfo;
 use crate::authz::Attributes;
+
+tokio::task_local! {
+    /// What the request being served noted for its event.
+    static NOTED: RefCell<Noted>;
+}
+
+/// What serving a request adds to its audit event.
+#[derive(Debug, Default)]
+pub struct Noted {
+    /// The event's annotations.
+    pub annotations: serde_json::Map<String, Value>,
+    /// The name of the object a create made (the request's path has none).
+    pub created: Option<String>,
+}
+
+/// Adds an annotation to the audit event of the request being served (upstream's
+/// `AddAuditAnnotation`); nothing when the request is not audited.
+pub fn annotate(key: &str, value: impl Into<String>) {
+    let _ = NOTED.try_with(|n| {
+        n.borrow_mut()
+            .annotations
+            .insert(key.to_string(), Value::String(value.into()))
+    });
+}
+
+/// Names the object the request being served creates, for its event's `objectRef`.
+pub fn creating(name: &str) {
+    let _ = NOTED.try_with(|n| n.borrow_mut().created = Some(name.to_string()));
+}
+
+/// Serves a request with `serve`, gathering what it notes.
+pub async fn noting<T>(serve: impl Future<Output = T>) -> (T, Noted) {
+    NOTED
+        .scope(RefCell::new(Noted::default()), async {
+            let out = serve.await;
+            (out, NOTED.with(RefCell::take))
+        })
+        .await
+}
 
 /// How much of a request is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +173,8 @@ pub struct Record<'a> {
     pub response: Option<Value>,
     /// When the request arrived (RFC 3339 with microseconds).
     pub received: String,
+    /// What serving it noted.
+    pub noted: Noted,
 }
 
 impl Auditor {
@@ -213,16 +256,23 @@ impl Auditor {
         });
         if !a.resource.is_empty() {
             let mut object = json!({"resource": a.resource, "apiGroup": a.group});
+            let name = match &r.noted.created {
+                Some(n) if a.name.is_empty() => n,
+                _ => &a.name,
+            };
             for (k, v) in [
-                ("namespace", &a.namespace),
-                ("name", &a.name),
-                ("subresource", &a.subresource),
+                ("namespace", a.namespace.as_str()),
+                ("name", name),
+                ("subresource", a.subresource.as_str()),
             ] {
                 if !v.is_empty() {
                     object[k] = json!(v);
                 }
             }
             event["objectRef"] = object;
+        }
+        if !r.noted.annotations.is_empty() {
+            event["annotations"] = Value::Object(r.noted.annotations);
         }
         if level >= Level::Request
             && let Some(body) = r.request

@@ -332,7 +332,13 @@ async fn route(
         Err(_) => return ApiError::too_large().into_response(),
     };
     let request = serde_json::from_slice::<Value>(&body).ok();
-    let resp = serve_as(state.clone(), user.clone(), parts, Body::from(body)).await;
+    let (resp, noted) = crate::audit::noting(serve_as(
+        state.clone(),
+        user.clone(),
+        parts,
+        Body::from(body),
+    ))
+    .await;
     let code = resp.status().as_u16();
     let streaming = attrs.verb == "watch";
     let (resp, response) = if level == crate::audit::Level::RequestResponse && !streaming {
@@ -356,6 +362,7 @@ async fn route(
             request,
             response,
             received,
+            noted,
         },
     );
     resp

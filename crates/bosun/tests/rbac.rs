@@ -340,6 +340,19 @@ fn audit_lines_follow_the_policy() {
     ]);
     c.ok(&["create", "configmap", "audited", "--from-literal=k=v"]);
     c.ok(&["get", "configmap", "audited"]);
+    // Pod Security's audit level notes violations in the event, refusing nothing
+    c.ok(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/audit=restricted",
+    ]);
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.ok(&["run", "loose", "--image=busybox:1.36"]);
     let mut events = Vec::new();
     for _ in 0..50 {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -347,7 +360,7 @@ fn audit_lines_follow_the_policy() {
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
             .collect();
-        if events.len() >= 3 {
+        if events.iter().any(|e| e["objectRef"]["resource"] == "pods") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -369,9 +382,10 @@ fn audit_lines_follow_the_policy() {
     assert_eq!(secret["responseObject"]["metadata"]["name"], "audited");
     let cm = events
         .iter()
-        .find(|e| e["objectRef"]["resource"] == "configmaps")
+        .find(|e| e["objectRef"]["resource"] == "configmaps" && e["user"]["username"] == "admin")
         .expect("the configmap create is audited");
     assert_eq!(cm["level"], "Metadata");
+    assert_eq!(cm["objectRef"]["name"], "audited", "{cm}");
     assert!(
         cm.get("requestObject").is_none(),
         "Metadata carries no bodies"
@@ -381,6 +395,19 @@ fn audit_lines_follow_the_policy() {
             .iter()
             .any(|e| e["verb"] == "get" && e["objectRef"]["resource"] == "configmaps"),
         "reads fall to the last rule, None"
+    );
+    let pod = events
+        .iter()
+        .find(|e| e["objectRef"]["resource"] == "pods" && e["verb"] == "create")
+        .expect("the pod create is audited");
+    assert_eq!(pod["responseStatus"]["code"], 201);
+    let violations = pod["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        violations.starts_with("would violate PodSecurity \"restricted:latest\": ")
+            && violations.contains("allowPrivilegeEscalation != false"),
+        "{pod}"
     );
 }
 
