@@ -679,15 +679,6 @@ fn pod_spec(spec: Option<&Value>, path: &str, errs: &mut ErrorList) {
             &["Always", "OnFailure", "Never"],
         ));
     }
-    let enabled = |field: &str| spec.and_then(|s| s.get(field)) == Some(&Value::Bool(true));
-    if enabled("shareProcessNamespace") && enabled("hostPID") {
-        // upstream's internal API keeps both in the pod's security context, and names it so
-        errs.push(FieldError::invalid(
-            format!("{path}.securityContext.shareProcessNamespace"),
-            Value::Bool(true),
-            "ShareProcessNamespace and HostPID cannot both be enabled",
-        ));
-    }
 }
 
 #[cfg(test)]

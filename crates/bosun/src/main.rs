@@ -56,9 +56,6 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// PID 1 of a pod whose containers share a process namespace; started by the node agent.
-    #[command(hide = true)]
-    Pause,
 }
 
 #[derive(clap::Args)]
@@ -720,9 +717,6 @@ fn run() -> Result<()> {
     // The supervisor and the exec helper fork containers' processes: they must stay
     // single-threaded, so they run without the async runtime; and their standard error becomes
     // the container's, so they log nothing there.
-    if let Command::Pause = cli.command {
-        std::process::exit(runtime::sandbox::pause());
-    }
     if let Command::Shim {
         id,
         bundle,
@@ -757,7 +751,7 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Shim { .. } | Command::ExecIn { .. } | Command::Pause => Ok(()),
+        Command::Shim { .. } | Command::ExecIn { .. } => Ok(()),
         Command::Images(args) => images(args),
         Command::Server(args) => async_runtime()?.block_on(server(*args)),
         Command::Agent(args) => async_runtime()?.block_on(join(*args)),

@@ -163,14 +163,6 @@ fn succeeded(e: &Exited) -> bool {
     e.exit_code == 0 && e.start_error.is_none()
 }
 
-/// Whether the pod's containers share one process namespace (not the node's: `hostPID` wins,
-/// and validation refuses both at once).
-fn shares_processes(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .is_some_and(|s| s.share_process_namespace == Some(true) && s.host_pid != Some(true))
-}
-
 fn grace_of(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
@@ -538,9 +530,6 @@ impl Worker {
         let ip = self
             .blocking(move |a| -> anyhow::Result<std::net::Ipv4Addr> {
                 sandbox.create(&hostname, host_network)?;
-                if shares_processes(&pod) {
-                    sandbox.share_processes(&a.config.shim)?;
-                }
                 let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
                 let cfg = &a.config;
                 let resolv = crate::resolv::resolv_conf(
@@ -889,7 +878,6 @@ impl Worker {
                 network: Some(sandbox.net()),
                 ipc: Some(sandbox.ipc()),
                 uts: Some(sandbox.uts()),
-                pid: shares_processes(pod).then(|| sandbox.pid()),
             },
             cgroup_path: format!("/kubepods{qos_dir}/pod{}/{}", self.uid, c.name),
             resources: crate::resources::of(c, &qos_class, crate::registration::memory_bytes()),

@@ -334,7 +334,6 @@ pub fn spec(config: &ContainerConfig) -> Spec {
                     LinuxNamespaceType::Network => shared.network.clone(),
                     LinuxNamespaceType::Ipc => shared.ipc.clone(),
                     LinuxNamespaceType::Uts => shared.uts.clone(),
-                    LinuxNamespaceType::Pid => shared.pid.clone(),
                     _ => None,
                 };
                 if path.is_some() {
@@ -417,7 +416,6 @@ mod tests {
                 network: Some("/run/pod/net".into()),
                 ipc: None,
                 uts: Some("/run/pod/uts".into()),
-                pid: None,
             },
             cgroup_path: "/bosun/podX/c1".into(),
             resources: Default::default(),

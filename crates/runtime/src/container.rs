@@ -77,9 +77,6 @@ pub struct SharedNamespaces {
     pub ipc: Option<PathBuf>,
     /// The pod's UTS namespace (its hostname).
     pub uts: Option<PathBuf>,
-    /// The pod's PID namespace, when its containers share one (`shareProcessNamespace`).
-    #[serde(default)]
-    pub pid: Option<PathBuf>,
 }
 
 /// Resource limits applied to the container's cgroup.

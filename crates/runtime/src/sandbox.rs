@@ -10,9 +10,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -47,11 +45,6 @@ impl Sandbox {
     /// The pinned UTS namespace.
     pub fn uts(&self) -> PathBuf {
         self.dir.join("uts")
-    }
-
-    /// The pinned PID namespace, when the pod's containers share one.
-    pub fn pid(&self) -> PathBuf {
-        self.dir.join("pid")
     }
 
     /// Whether its namespaces are pinned (they survive agent restarts, not node reboots).
@@ -108,97 +101,12 @@ impl Sandbox {
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
     }
 
-    /// Gives the pod one PID namespace for all its containers, whose PID 1 is `program` run as
-    /// `program pause` (the bosun binary). One that is already held is kept.
-    pub fn share_processes(&self, program: &Path) -> io::Result<()> {
-        if is_namespace(&self.pid()) && self.pause_pid().is_some() {
-            return Ok(());
-        }
-        self.stop_pause();
-        fs::File::create(self.pid())?;
-        let program = program.to_path_buf();
-        let dir = self.dir.clone();
-        // As for the other namespaces, a fresh thread enters the new one: its next child is
-        // that namespace's first process.
-        std::thread::spawn(move || -> io::Result<()> {
-            unshare(CloneFlags::CLONE_NEWPID)?;
-            let pause = Command::new(&program)
-                .arg("pause")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let own = format!("/proc/{}/ns/pid", pause.id());
-            mount(
-                Some(own.as_str()),
-                &dir.join("pid"),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-            fs::write(dir.join("pause.pid"), pause.id().to_string())
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
-    }
-
-    /// The pause process holding the shared PID namespace, if it still does.
-    fn pause_pid(&self) -> Option<i32> {
-        let pid: i32 = fs::read_to_string(self.dir.join("pause.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let held = fs::metadata(self.pid()).ok()?.ino();
-        let its = fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?.ino();
-        (held == its).then_some(pid)
-    }
-
-    /// Ends the pause process, and with it every process left in the shared PID namespace.
-    fn stop_pause(&self) {
-        if let Some(pid) = self.pause_pid() {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            // reaped here when this process started it; otherwise by whoever inherited it
-            let _ = nix::sys::wait::waitpid(pid, None);
-        }
-        let _ = umount2(&self.pid(), MntFlags::MNT_DETACH);
-    }
-
     /// Unpins the namespaces (they end with their last process) and removes the directory.
     pub fn remove(&self) {
-        self.stop_pause();
         for kind in KINDS {
             let _ = umount2(&self.dir.join(kind), MntFlags::MNT_DETACH);
         }
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// PID 1 of a pod's shared PID namespace (`bosun pause`): reaps the processes orphaned there
-/// and waits; SIGTERM or SIGINT end it, as they end upstream's pause.
-pub fn pause() -> i32 {
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
-        signals.add(s);
-    }
-    if signals.thread_block().is_err() {
-        return 1;
-    }
-    loop {
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) => {
-                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    if status == WaitStatus::StillAlive {
-                        break;
-                    }
-                }
-            }
-            Ok(_) => return 0,
-            Err(_) => {}
-        }
     }
 }
 
@@ -236,41 +144,11 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_pid_namespace_is_held_by_a_pause_process_until_removed() {
-        if !nix::unistd::Uid::effective().is_root() {
-            panic!("this test needs root (it creates namespaces)");
-        }
-        let root = tempfile::tempdir().expect("test");
-        let sandbox = Sandbox::at(root.path(), "uid-3");
-        sandbox.create("shared", false).expect("test");
-        // any program stands in for `bosun pause`: sleep becomes PID 1 of the new namespace
-        let program = root.path().join("pause");
-        fs::write(&program, "#!/bin/sh\nexec sleep 60\n").expect("test");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).expect("test");
-        sandbox.share_processes(&program).expect("test");
-        let pid = sandbox.pause_pid().expect("held");
-        let out = Command::new("nsenter")
-            .arg(format!("--pid={}", sandbox.pid().display()))
-            .args(["sh", "-c", "echo $$"])
-            .output()
-            .expect("test");
-        let inside: i32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a pid");
-        assert!(inside > 1, "a process that joins is not PID 1: {inside}");
-        sandbox.share_processes(&program).expect("test");
-        assert_eq!(sandbox.pause_pid(), Some(pid), "kept as it is");
-        sandbox.remove();
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pause ended");
-    }
-
-    #[test]
     fn a_host_network_sandbox_pins_the_nodes_network_and_hostname() {
         if !nix::unistd::Uid::effective().is_root() {
             panic!("this test needs root (it creates namespaces)");
         }
+        use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().expect("test");
         let sandbox = Sandbox::at(root.path(), "uid-2");
         let before = nix::unistd::gethostname().expect("hostname");
