@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+/// Where a server or agent keeps its state unless `--data-dir` says otherwise.
+const DEFAULT_DATA_DIR: &str = "/var/lib/bosun";
+
 #[derive(Parser)]
 #[command(name = "bosun", version, about = "Kubernetes in one binary")]
 struct Cli {
@@ -63,7 +66,7 @@ struct ImagesArgs {
     /// The node's data dir; images live in <data-dir>/images.
     #[arg(
         long,
-        default_value = "/var/lib/bosun",
+        default_value = DEFAULT_DATA_DIR,
         env = "BOSUN_DATA_DIR",
         global = true
     )]
@@ -169,7 +172,7 @@ fn images(args: ImagesArgs) -> Result<()> {
 #[derive(clap::Args)]
 struct ServerArgs {
     /// Where the cluster's state, certificates and kubeconfig live.
-    #[arg(long, default_value = "/var/lib/bosun", env = "BOSUN_DATA_DIR")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "BOSUN_DATA_DIR")]
     data_dir: PathBuf,
     /// Address and port of the HTTPS API.
     #[arg(long, default_value = "0.0.0.0:6443")]
@@ -242,12 +245,11 @@ struct JoinArgs {
     /// The API server to join, e.g. https://10.0.0.1:6443.
     #[arg(long, env = "BOSUN_SERVER")]
     server: String,
-    /// The join token (`bosun token create` on the server prints one; the server writes its
-    /// first to <data-dir>/join-token).
+    /// The join token (`bosun token create` on the server prints one).
     #[arg(long, env = "BOSUN_TOKEN")]
     token: node::join::JoinToken,
     /// Where this node's credentials, images and containers live.
-    #[arg(long, default_value = "/var/lib/bosun", env = "BOSUN_DATA_DIR")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "BOSUN_DATA_DIR")]
     data_dir: PathBuf,
     #[command(flatten)]
     agent: AgentArgs,
@@ -258,7 +260,7 @@ struct TokenArgs {
     /// The server's data dir (its admin kubeconfig is used).
     #[arg(
         long,
-        default_value = "/var/lib/bosun",
+        default_value = DEFAULT_DATA_DIR,
         env = "BOSUN_DATA_DIR",
         global = true
     )]
@@ -397,11 +399,17 @@ async fn server(args: ServerArgs) -> Result<()> {
         started.elapsed().as_millis()
     );
     eprintln!("admin kubeconfig: {}", running.admin_kubeconfig.display());
-    let join_token = first_join_token(&running, &data_dir).await?;
+    // upstream's kubeadm prints a join command with a fresh token; bosun writes no token to
+    // disk (the admin kubeconfig is the only credential it keeps by default), so the message
+    // names the command that makes one
+    let data_dir_arg = if data_dir == std::path::Path::new(DEFAULT_DATA_DIR) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
     eprintln!(
-        "join other machines: bosun agent --server https://{advertise_address}:{} --token $(cat {})",
+        "join other machines: `sudo bosun token create{data_dir_arg}` here prints a token, then on each: sudo bosun agent --server https://{advertise_address}:{} --token TOKEN",
         running.url.rsplit(':').next().unwrap_or("6443"),
-        join_token.display()
     );
     eprintln!(
         "try: KUBECONFIG={} kubectl get namespaces",
@@ -656,26 +664,6 @@ async fn token(args: TokenArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The server's first join token, made at its first start and kept in `<data-dir>/join-token`.
-async fn first_join_token(
-    running: &apiserver::Running,
-    data_dir: &std::path::Path,
-) -> Result<PathBuf> {
-    let path = data_dir.join("join-token");
-    if !path.exists() {
-        let client = component_client(running, "admin", &["system:masters"]).await?;
-        let token = node::join::create_token(
-            &client,
-            &running.ca_pem,
-            None,
-            "the server's first join token",
-        )
-        .await?;
-        apiserver::pki::write_private(&path, format!("{token}\n").as_bytes())?;
-    }
-    Ok(path)
 }
 
 /// Whether this process runs as root (effective uid 0).

@@ -23,12 +23,31 @@ fn agent(c: &Cluster, token: &str, dir: &std::path::Path, name: &str) -> Command
     cmd
 }
 
+/// `bosun token create --ttl TTL` on the server of `c`: the token it prints.
+fn create_token(c: &Cluster, ttl: &str) -> String {
+    let created = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["token", "create", "--ttl", ttl, "--data-dir"])
+        .arg(c.dir.path())
+        .output()
+        .expect("bosun token create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(token.starts_with("B10"), "{token}");
+    token
+}
+
 #[test]
 fn a_machine_joins_with_a_token_until_it_is_revoked() {
     let lock = node_lock();
     let c = Cluster::start();
-    let token = std::fs::read_to_string(c.dir.path().join("join-token")).expect("join-token");
-    let token = token.trim();
+    // the server keeps no join token on disk; an admin makes one when a machine joins
+    assert!(!c.dir.path().join("join-token").exists());
+    let token = create_token(&c, "24h");
+    let token = token.as_str();
     let node_dir = tempfile::tempdir().expect("dir");
     let imported = Command::new(env!("CARGO_BIN_EXE_bosun"))
         .args(["images", "--data-dir"])
@@ -150,13 +169,8 @@ fn a_machine_joins_with_a_token_until_it_is_revoked() {
         String::from_utf8_lossy(&refused.stderr)
     );
     // and a new one can be made
-    let created = Command::new(env!("CARGO_BIN_EXE_bosun"))
-        .args(["token", "create", "--ttl", "1h", "--data-dir"])
-        .arg(c.dir.path())
-        .output()
-        .expect("bosun token create");
-    let fresh = String::from_utf8_lossy(&created.stdout).trim().to_string();
-    assert!(fresh.starts_with("B10") && fresh != token, "{fresh}");
+    let fresh = create_token(&c, "1h");
+    assert!(fresh != token, "{fresh}");
 
     let _ = c.kubectl(&[
         "delete",
