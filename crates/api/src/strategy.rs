@@ -11,6 +11,8 @@ use crate::registry::ResourceType;
 use crate::selector::LabelSelector;
 use crate::validation::{self, ErrorList, FieldError};
 
+pub mod csr;
+
 /// Whether writes to the object itself ignore `status` (the resource has a status subresource).
 pub fn has_status_subresource(rt: &ResourceType) -> bool {
     rt.has_subresource("status")
@@ -111,7 +113,7 @@ pub fn prepare_for_update(rt: &ResourceType, old: &Value, new: &mut Value) {
 }
 
 /// Prepares an update through the status subresource: only status changes.
-pub fn prepare_for_status_update(old: &Value, new: &mut Value) {
+pub fn prepare_for_status_update(rt: &ResourceType, old: &Value, new: &mut Value) {
     let status = new.get("status").cloned();
     let mut merged = old.clone();
     match status {
@@ -131,6 +133,9 @@ pub fn prepare_for_status_update(old: &Value, new: &mut Value) {
         meta::set_meta(&mut merged, "resourceVersion", rv);
     }
     *new = merged;
+    if rt.group == "certificates.k8s.io" && rt.kind == "CertificateSigningRequest" {
+        csr::prepare_for_status_update(old, new);
+    }
 }
 
 /// The QoS class upstream computes from the containers' requests and limits.
@@ -209,34 +214,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
             "spec.template.spec",
             &mut errs,
         ),
-        ("certificates.k8s.io", "CertificateSigningRequest") => {
-            let spec = obj.get("spec");
-            if spec
-                .and_then(|s| s.get("request"))
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                errs.push(FieldError::required("spec.request", ""));
-            }
-            if spec
-                .and_then(|s| s.get("signerName"))
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                errs.push(FieldError::required("spec.signerName", ""));
-            }
-            if let Some(secs) = spec
-                .and_then(|s| s.get("expirationSeconds"))
-                .and_then(Value::as_i64)
-                && secs < 600
-            {
-                errs.push(FieldError::invalid(
-                    "spec.expirationSeconds",
-                    json!(secs),
-                    "may not specify a duration less than 600 seconds (10 minutes)",
-                ));
-            }
-        }
+        ("certificates.k8s.io", "CertificateSigningRequest") => csr::validate(obj, &mut errs),
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, &mut errs),
         ("batch", "CronJob") => {
             let schedule = obj
@@ -329,6 +307,9 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> ErrorList
             }
         }
         ("", "Secret") => immutable(&mut errs, "type"),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            csr::validate_update(old, new, &mut errs)
+        }
         ("", "Service") => {
             // the address may go or come only with a change to or from ExternalName
             let external =

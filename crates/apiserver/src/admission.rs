@@ -5,8 +5,8 @@
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
 //! the global default one), LimitRanger (`crate::limit_range`), PodSecurity
-//! (`crate::pod_security`, on create and update), and the requester recorded in certificate
-//! signing requests.
+//! (`crate::pod_security`, on create and update), and the certificates plugins
+//! (`crate::certificates`).
 
 use serde_json::{Value, json};
 
@@ -27,10 +27,8 @@ pub async fn admit_create(
     obj: &mut Value,
 ) -> Result<Vec<String>> {
     crate::node_restriction::admit_object(user, rt, None, obj)?;
-    if rt.kind == "CertificateSigningRequest" {
-        // who asks is recorded by the server, never taken from the request
-        obj["spec"]["username"] = json!(user.name);
-        obj["spec"]["groups"] = json!(user.groups);
+    if crate::certificates::is_csr(rt) {
+        crate::certificates::admit_create(rt, user, obj)?;
     }
     if rt.group.is_empty() && rt.kind == "Namespace" {
         pod_security_labels(obj)?;

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod certificates;
 pub mod codec;
 pub mod discovery;
 pub mod encryption;

@@ -17,16 +17,6 @@ use crate::status::{ApiError, Result};
 /// The annotation that marks a mirror pod (the API copy of a node's static pod).
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// The forbidden error upstream's admission returns for an object.
-fn forbidden(rt: &ResourceType, name: &str, why: &str) -> ApiError {
-    let resource = rt.group_resource();
-    if name.is_empty() {
-        ApiError::forbidden(format!("{resource} is forbidden: {why}"))
-    } else {
-        ApiError::forbidden(format!("{resource} \"{name}\" is forbidden: {why}"))
-    }
-}
-
 /// The pod `name` in `namespace`, as stored.
 async fn pod(state: &State, namespace: &str, name: &str) -> Result<Value> {
     let rt = registry()
@@ -58,7 +48,7 @@ pub async fn admit_request(
         ("Pod", "status", _) => Some("can only update pod status for pods"),
         ("Pod", "eviction", _) => Some("can only evict pods"),
         ("Pod", "", verb @ ("deletecollection" | "update" | "patch")) => {
-            return Err(forbidden(
+            return Err(ApiError::admission_forbidden(
                 rt,
                 name,
                 &format!("unexpected operation \"{verb}\""),
@@ -66,11 +56,11 @@ pub async fn admit_request(
         }
         ("Node", _, _) if !name.is_empty() && name != node => {
             let why = format!("node \"{node}\" is not allowed to modify node \"{name}\"");
-            return Err(forbidden(rt, name, &why));
+            return Err(ApiError::admission_forbidden(rt, name, &why));
         }
         ("Lease", _, _) if !name.is_empty() && name != node => {
             let why = "can only access node lease with the same name as the requesting node";
-            return Err(forbidden(rt, name, why));
+            return Err(ApiError::admission_forbidden(rt, name, why));
         }
         _ => None,
     };
@@ -78,7 +68,7 @@ pub async fn admit_request(
         && pod(state, &info.namespace, name).await?["spec"]["nodeName"] != node
     {
         let why = format!("node \"{node}\" {what} with spec.nodeName set to itself");
-        return Err(forbidden(rt, name, &why));
+        return Err(ApiError::admission_forbidden(rt, name, &why));
     }
     Ok(())
 }
@@ -163,13 +153,13 @@ pub fn admit_object(
                 let why = format!(
                     "pod does not have \"{MIRROR_ANNOTATION}\" annotation, node \"{node}\" can only create mirror pods"
                 );
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
             if new["spec"]["nodeName"] != node {
                 let why = format!(
                     "node \"{node}\" can only create pods with spec.nodeName set to itself"
                 );
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
             let refs = crate::node_authz::pod_references(new);
             if let Some((kind, _)) = refs.iter().next() {
@@ -178,23 +168,23 @@ pub fn admit_object(
                     other => other,
                 };
                 let why = format!("node \"{node}\" can not create pods that reference {kind}");
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
         }
         ("", "Pod") if !modified_labels(new, old).is_empty() => {
             let why = format!("node \"{node}\" cannot update labels through pod status");
-            return Err(forbidden(rt, name, &why));
+            return Err(ApiError::admission_forbidden(rt, name, &why));
         }
         ("", "Node") => {
             if name != node {
                 let why = format!("node \"{node}\" is not allowed to modify node \"{name}\"");
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
             if let Some(old) = old
                 && old["spec"]["taints"] != new["spec"]["taints"]
             {
                 let why = format!("node \"{node}\" is not allowed to modify taints");
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
             let labels = forbidden_labels(&modified_labels(new, old), old.is_some());
             if !labels.is_empty() {
@@ -206,17 +196,17 @@ pub fn admit_object(
                         labels.join(", ")
                     )
                 };
-                return Err(forbidden(rt, name, &why));
+                return Err(ApiError::admission_forbidden(rt, name, &why));
             }
         }
         ("coordination.k8s.io", "Lease") => {
             if meta::namespace(new) != "kube-node-lease" {
                 let why = "can only access leases in the \"kube-node-lease\" system namespace";
-                return Err(forbidden(rt, name, why));
+                return Err(ApiError::admission_forbidden(rt, name, why));
             }
             if name != node {
                 let why = "can only access node lease with the same name as the requesting node";
-                return Err(forbidden(rt, name, why));
+                return Err(ApiError::admission_forbidden(rt, name, why));
             }
         }
         _ => {}
@@ -238,7 +228,7 @@ pub fn admit_token(
         return Ok(());
     };
     let (Some(bound), Some(pod)) = (bound, pod) else {
-        return Err(forbidden(
+        return Err(ApiError::admission_forbidden(
             rt,
             name,
             "node requested token not bound to a pod",
@@ -246,11 +236,11 @@ pub fn admit_token(
     };
     if bound["uid"].as_str().unwrap_or("").is_empty() {
         let why = "node requested token with a pod binding without a uid";
-        return Err(forbidden(rt, name, why));
+        return Err(ApiError::admission_forbidden(rt, name, why));
     }
     if pod["spec"]["nodeName"] != node {
         let why = "node requested token bound to a pod scheduled on a different node";
-        return Err(forbidden(rt, name, why));
+        return Err(ApiError::admission_forbidden(rt, name, why));
     }
     Ok(())
 }

@@ -131,6 +131,16 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message)
     }
+    /// 403 from admission for the object `name` (empty for none yet) of `rt`, worded as
+    /// upstream's `admission.NewForbidden`.
+    pub fn admission_forbidden(rt: &ResourceType, name: &str, why: &str) -> Self {
+        let resource = rt.group_resource();
+        if name.is_empty() {
+            Self::forbidden(format!("{resource} is forbidden: {why}"))
+        } else {
+            Self::forbidden(format!("{resource} \"{name}\" is forbidden: {why}"))
+        }
+    }
     /// 405.
     pub fn method_not_supported(rt: &ResourceType, verb: &str) -> Self {
         Self::new(

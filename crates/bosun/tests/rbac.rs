@@ -555,7 +555,28 @@ fn an_admin_issues_a_user_a_client_certificate() {
             .is_empty(),
         "nothing is issued before approval"
     );
-    c.ok(&["certificate", "approve", "jane"]);
+    // approving needs the approve verb on the request's signer, not only the subresource
+    c.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-approver}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [get, list]}\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/approval], verbs: [update]}\n",
+    );
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "csr-approver",
+        "--clusterrole=csr-approver",
+        "--user=approver",
+    ]);
+    let refused = c.fails(&["certificate", "approve", "jane", "--as=approver"]);
+    assert!(
+        refused.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+        "{refused}"
+    );
+    assert!(!c.ok(&["get", "csr", "jane"]).contains("Approved"));
+    // a grant on the signer's domain (`kubernetes.io/*`) is enough
+    c.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-approver}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [get, list]}\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/approval], verbs: [update]}\n- {apiGroups: [certificates.k8s.io], resources: [signers], resourceNames: [kubernetes.io/*], verbs: [approve]}\n",
+    );
+    c.ok(&["certificate", "approve", "jane", "--as=approver"]);
     let mut cert = String::new();
     for _ in 0..100 {
         cert = c.ok(&["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"]);
@@ -594,6 +615,67 @@ fn an_admin_issues_a_user_a_client_certificate() {
         String::from_utf8_lossy(&whoami.stderr)
     );
     assert!(c.ok(&["get", "csr", "jane"]).contains("Approved,Issued"));
+    // what was issued stays issued, and an approval is not undone by denying
+    let rewrite = c.fails(&[
+        "patch",
+        "csr",
+        "jane",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        "{\"status\":{\"certificate\":\"b3RoZXI=\"}}",
+    ]);
+    assert!(
+        rewrite.contains("updates may not modify existing certificate content"),
+        "{rewrite}"
+    );
+    // (kubectl refuses to deny an approved request itself, so the request goes raw)
+    let mut denied: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "csr", "jane", "-o", "json"])).expect("json");
+    denied["status"]["conditions"]
+        .as_array_mut()
+        .expect("conditions")
+        .push(serde_json::json!({"type": "Denied", "status": "True", "reason": "Changed"}));
+    let deny = c.kubectl_stdin(
+        &[
+            "replace",
+            "--raw",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/jane/approval",
+            "-f",
+            "-",
+        ],
+        &denied.to_string(),
+    );
+    let stderr = String::from_utf8_lossy(&deny.stderr);
+    assert!(
+        stderr.contains("Approved and Denied conditions are mutually exclusive"),
+        "{stderr}"
+    );
+
+    // nobody gets a cluster-admin certificate through the client signer
+    let masters = dir.path().join("masters.csr");
+    let made = Command::new("openssl")
+        .args(["req", "-new", "-key"])
+        .arg(&key)
+        .args(["-subj", "/CN=eve/O=system:masters", "-out"])
+        .arg(&masters)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "openssl req failed");
+    let request =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&masters).expect("csr"));
+    let refused = c.kubectl_stdin(
+        &["create", "-f", "-"],
+        &format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: eve}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n"
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed"),
+        "{stderr}"
+    );
+    assert!(c.fails(&["get", "csr", "eve"]).contains("NotFound"));
 }
 
 /// A node agent's identity reads only what the pods bound to it use and changes only itself

@@ -87,8 +87,11 @@ fn roles() -> Vec<(&'static str, Vec<Value>)> {
                     ],
                     &["update"],
                 ),
+                // bosun's approver also approves nodes' serving certificates (upstream
+                // leaves those to an administrator)
                 json!({"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
-                    "resourceNames": ["kubernetes.io/kube-apiserver-client-kubelet"],
+                    "resourceNames": ["kubernetes.io/kube-apiserver-client-kubelet",
+                        "kubernetes.io/kubelet-serving"],
                     "verbs": ["approve"]}),
                 json!({"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
                     "resourceNames": ["kubernetes.io/legacy-unknown",

@@ -238,17 +238,8 @@ pub(super) fn prepare_update(
     }
     let sub = ctx.info.subresource.as_str();
     match sub {
-        "status" => strategy::prepare_for_status_update(current, &mut new),
-        "approval" => {
-            // the approval subresource changes only the approval conditions
-            let conditions = new
-                .get("status")
-                .and_then(|s| s.get("conditions"))
-                .cloned()
-                .unwrap_or(json!([]));
-            new = current.clone();
-            new["status"]["conditions"] = conditions;
-        }
+        "status" => strategy::prepare_for_status_update(rt, current, &mut new),
+        "approval" => strategy::csr::prepare_for_approval_update(current, &mut new),
         "finalize" => {
             let finalizers = new
                 .get("spec")
@@ -318,6 +309,11 @@ pub(super) async fn store_update(
         crate::authz::check_grant(&state.storage, &ctx.user, ctx.rt.kind, &new).await?;
     }
     crate::node_restriction::admit_object(&ctx.user, ctx.rt, Some(current), &new)?;
+    if crate::certificates::is_csr(ctx.rt) {
+        let sub = ctx.info.subresource.as_str();
+        crate::certificates::admit_update(&state.storage, ctx.rt, &ctx.user, sub, current, &new)
+            .await?;
+    }
     let warnings = if ctx.info.subresource.is_empty() {
         admission::admit_update(state, ctx.rt, current, &new).await?
     } else {
