@@ -90,7 +90,15 @@ pub async fn create(state: &Arc<State>, ctx: &Ctx, body: &[u8]) -> Result<Respon
                 .iter()
                 .cloned()
                 .partition(|r| r.get("nonResourceURLs").is_some());
-            json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false})
+            let mut status = json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": false});
+            if crate::node_authz::node_name(&ctx.user).is_some() {
+                // as upstream's Node authorizer: what a node may do depends on the pods bound
+                // to it, so its rules are not listed
+                status["incomplete"] = json!(true);
+                status["evaluationError"] =
+                    json!("node authorizer does not support user rule resolution");
+            }
+            status
         }
         _ => {
             let user = if ctx.rt.kind == "SelfSubjectAccessReview" {
