@@ -17,6 +17,8 @@
 //! - [`meta`]: reading and writing object metadata on JSON values.
 //! - [`validation`]: field errors and the name rules.
 //! - [`quantity`]: resource quantities (`100m`, `64Mi`) as numbers.
+//! - [`CONTROLLER_ACCOUNTS`]: the identities of the controllers, which the API server's
+//!   default policy and the controller manager share.
 
 pub mod convert;
 pub mod defaults;
@@ -35,3 +37,28 @@ pub mod table;
 pub mod validation;
 
 pub use registry::{ResourceType, registry};
+
+/// The service accounts in kube-system that the controllers act as, one per controller as
+/// upstream names them; the API server binds each to its `system:controller:<name>` role.
+/// The endpoint controller also keeps EndpointSlices (upstream's endpointslice and
+/// endpointslicemirroring controllers), and the node controller also allocates pod CIDRs
+/// (upstream's node-ipam-controller runs as the node controller too).
+pub const CONTROLLER_ACCOUNTS: &[&str] = &[
+    "namespace-controller",
+    "service-account-controller",
+    "root-ca-cert-publisher",
+    "certificate-controller",
+    "replicaset-controller",
+    "replication-controller",
+    "deployment-controller",
+    "job-controller",
+    "cronjob-controller",
+    "daemon-set-controller",
+    "statefulset-controller",
+    "node-controller",
+    "disruption-controller",
+    "endpoint-controller",
+    "service-controller",
+    "pod-garbage-collector",
+    "generic-garbage-collector",
+];

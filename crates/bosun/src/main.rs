@@ -359,7 +359,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             pki.sign_csr(csr, seconds, usage == controllers::Usage::Server)
         });
     let mut accounts = std::collections::HashMap::new();
-    for account in controllers::SERVICE_ACCOUNTS {
+    for account in api::CONTROLLER_ACCOUNTS {
         let user = format!("system:serviceaccount:kube-system:{account}");
         let groups = [
             "system:serviceaccounts",

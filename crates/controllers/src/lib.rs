@@ -28,7 +28,7 @@
 //!
 //! As kube-controller-manager with `--use-service-account-credentials`, the shared caches and
 //! the Lease use the manager's own identity, and each controller writes as its own service
-//! account in kube-system ([`SERVICE_ACCOUNTS`]), holding only the rights of its
+//! account in kube-system ([`api::CONTROLLER_ACCOUNTS`]), holding only the rights of its
 //! `system:controller:<name>` role.
 
 pub mod cleanup;
@@ -92,36 +92,12 @@ pub enum Error {
 /// The result of a reconcile.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The service accounts in kube-system that the controllers act as, one per controller as
-/// upstream names them. The endpoint controller also keeps EndpointSlices (upstream's
-/// endpointslice and endpointslicemirroring controllers), and the node controller also
-/// allocates pod CIDRs (upstream's node-ipam-controller runs as the node controller too).
-pub const SERVICE_ACCOUNTS: &[&str] = &[
-    "namespace-controller",
-    "service-account-controller",
-    "root-ca-cert-publisher",
-    "certificate-controller",
-    "replicaset-controller",
-    "replication-controller",
-    "deployment-controller",
-    "job-controller",
-    "cronjob-controller",
-    "daemon-set-controller",
-    "statefulset-controller",
-    "node-controller",
-    "disruption-controller",
-    "endpoint-controller",
-    "service-controller",
-    "pod-garbage-collector",
-    "generic-garbage-collector",
-];
-
 /// The clients the controllers speak to the API with.
 pub struct Credentials {
     /// The controller manager's own (`system:kube-controller-manager`): it watches every
     /// kind for the shared caches, holds the Lease and creates the controllers' accounts.
     pub manager: kube::Client,
-    /// One client per entry of [`SERVICE_ACCOUNTS`], acting as that service account.
+    /// One client per entry of [`api::CONTROLLER_ACCOUNTS`], acting as that service account.
     pub controllers: HashMap<&'static str, kube::Client>,
 }
 
@@ -335,7 +311,7 @@ pub fn start(
 async fn create_service_accounts(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::ServiceAccount;
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "kube-system");
-    for name in SERVICE_ACCOUNTS {
+    for name in api::CONTROLLER_ACCOUNTS {
         let account = ServiceAccount {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_string()),

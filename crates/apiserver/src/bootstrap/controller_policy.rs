@@ -1,5 +1,5 @@
 //! The roles of the controllers, as upstream's controller policy: each controller acts as its
-//! service account in kube-system (`controllers::SERVICE_ACCOUNTS`) and its
+//! service account in kube-system (`api::CONTROLLER_ACCOUNTS`) and its
 //! `system:controller:<name>` ClusterRole grants what that controller reads and writes, no more.
 //! The rules follow upstream's, with `patch` added where bosun's controllers write status by a
 //! merge patch rather than a replace.
@@ -357,4 +357,16 @@ pub(super) fn manager_rules() -> Vec<Value> {
         rule(&["*"], &["*"], &["list", "watch"]),
         rule(&[""], &["serviceaccounts/token"], &["create"]),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_controller_account_has_a_role_and_only_those() {
+        let mut roles: Vec<&str> = super::roles().into_iter().map(|(name, _)| name).collect();
+        let mut accounts = api::CONTROLLER_ACCOUNTS.to_vec();
+        roles.sort_unstable();
+        accounts.sort_unstable();
+        assert_eq!(roles, accounts);
+    }
 }
