@@ -17,8 +17,8 @@
 //! - [`meta`]: reading and writing object metadata on JSON values.
 //! - [`validation`]: field errors and the name rules.
 //! - [`quantity`]: resource quantities (`100m`, `64Mi`) as numbers.
-//! - [`CONTROLLER_ACCOUNTS`]: the identities of the controllers, which the API server's
-//!   default policy and the controller manager share.
+//! - [`CONTROLLER_ACCOUNTS`] and [`JOIN_GROUP`]: identities that the API server's default
+//!   policy shares with the controller manager and the node agent.
 
 pub mod convert;
 pub mod defaults;
@@ -37,6 +37,10 @@ pub mod table;
 pub mod validation;
 
 pub use registry::{ResourceType, registry};
+
+/// The group bosun's join tokens authenticate in, besides `system:bootstrappers` (their
+/// `auth-extra-groups`, written by `node::join`; the API server's default policy binds it).
+pub const JOIN_GROUP: &str = "system:bootstrappers:bosun:default-node-token";
 
 /// The service accounts in kube-system that the controllers act as, one per controller as
 /// upstream names them; the API server binds each to its `system:controller:<name>` role.

@@ -49,10 +49,6 @@ pub(crate) async fn create_missing(
     }
 }
 
-/// The group of bosun's join tokens (their `auth-extra-groups`, written by `node::join`, which
-/// names it too: the crates do not depend on each other).
-pub const JOIN_GROUP: &str = "system:bootstrappers:bosun:default-node-token";
-
 /// Publishes the cluster's CA and address in `kube-public/cluster-info` (a kubeconfig without
 /// credentials, as kubeadm does), readable without credentials, so that a joining node can
 /// fetch the CA and check it against the hash its join token carries.
@@ -611,12 +607,12 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
         cluster_binding(
             "bosun:node-bootstrapper",
             "system:node-bootstrapper",
-            json!([group(JOIN_GROUP)]),
+            json!([group(api::JOIN_GROUP)]),
         ),
         cluster_binding(
             "bosun:node-autoapprove-bootstrap",
             "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-            json!([group(JOIN_GROUP)]),
+            json!([group(api::JOIN_GROUP)]),
         ),
         cluster_binding(
             "bosun:node-autoapprove-certificate-rotation",

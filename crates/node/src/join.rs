@@ -29,9 +29,6 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The signer of node agents' serving certificates.
 const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
-/// The group bosun's join tokens authenticate in, besides `system:bootstrappers` (the API
-/// server's default RBAC binds it, under the same name).
-pub const JOIN_GROUP: &str = "system:bootstrappers:bosun:default-node-token";
 /// The prefix of a join token.
 const PREFIX: &str = "B10";
 
@@ -132,7 +129,7 @@ pub async fn create_token(
         ("token-secret".to_string(), token.secret.clone()),
         ("usage-bootstrap-authentication".to_string(), "true".into()),
         ("usage-bootstrap-signing".to_string(), "true".into()),
-        ("auth-extra-groups".to_string(), JOIN_GROUP.into()),
+        ("auth-extra-groups".to_string(), api::JOIN_GROUP.into()),
         ("description".to_string(), description.into()),
     ]);
     if let Some(ttl) = ttl {
