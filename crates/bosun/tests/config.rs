@@ -172,6 +172,29 @@ fn security_contexts_hold_inside_the_container() {
             r#"["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; sleep 3600"]"#,
         ),
     );
+    // a node's own profile, as kubelet finds them under <root>/seccomp
+    let profiles = c.dir.path().join("agent/seccomp/profiles");
+    std::fs::create_dir_all(&profiles).expect("profiles dir");
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("profile");
+    let localhost = |name: &str, profile: &str| {
+        sleeper(
+            name,
+            &format!(
+                r#""securityContext": {{"seccompProfile": {{"type": "Localhost", "localhostProfile": "{profile}"}}}},"#
+            ),
+            "{}",
+        )
+        .replace(
+            r#"["sleep", "3600"]"#,
+            r#"["sh", "-c", "mkdir /tmp/x; echo mkdir=$?; sleep 3600"]"#,
+        )
+    };
+    c.apply(&localhost("local-profile", "profiles/no-mkdir.json"));
+    c.apply(&localhost("missing-profile", "profiles/missing.json"));
     c.apply(&sleeper(
         "sysctl",
         r#""securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},"#,
@@ -184,6 +207,7 @@ fn security_contexts_hold_inside_the_container() {
         "all-powers",
         "filtered",
         "hostnet",
+        "local-profile",
     ] {
         wait_ready(&c, pod);
     }
@@ -250,6 +274,26 @@ fn security_contexts_hold_inside_the_container() {
     assert!(
         filtered.contains("Operation not permitted") && filtered.contains("unshare=1"),
         "the runtime's default seccomp profile refuses unshare: {filtered}"
+    );
+    let local = c.ok(&["logs", "local-profile"]);
+    assert!(
+        local.contains("mkdir=1"),
+        "the node's profile refuses mkdir: {local}"
+    );
+    assert!(c.wait_for(60, || {
+        c.jp(
+            "pod/missing-profile",
+            "{.status.containerStatuses[0].state.waiting.reason}",
+        ) == "CreateContainerError"
+    }));
+    let missing = c.jp(
+        "pod/missing-profile",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        missing.contains("cannot load seccomp profile \"")
+            && missing.ends_with("/agent/seccomp/profiles/missing.json: no such file or directory"),
+        "as containerd words it: {missing}"
     );
     assert_eq!(
         c.jp("pod/hostnet", "{.status.podIP}"),

@@ -83,7 +83,8 @@ const REFUSED_BY_DEFAULT: &[&str] = &[
     "vm86old",
 ];
 
-/// The seccomp filter of `seccomp`; an error for a local profile that is not one.
+/// The seccomp filter of `seccomp`; an error, worded as containerd's, for a local profile that
+/// cannot be read or is not one.
 pub fn seccomp_filter(seccomp: &Seccomp) -> Result<Option<LinuxSeccomp>, String> {
     match seccomp {
         Seccomp::Unconfined => Ok(None),
@@ -107,10 +108,29 @@ pub fn seccomp_filter(seccomp: &Seccomp) -> Result<Option<LinuxSeccomp>, String>
                 .map(Some)
                 .map_err(|e| e.to_string())
         }
-        Seccomp::Localhost(json) => serde_json::from_str::<LinuxSeccomp>(json)
-            .map(Some)
-            .map_err(|e| format!("the seccomp profile is not valid: {e}")),
+        Seccomp::Localhost(path) => {
+            let path = path.display();
+            let json = std::fs::read(path.to_string()).map_err(|e| {
+                format!(
+                    "cannot load seccomp profile \"{path}\": open {path}: {}",
+                    os_error(&e)
+                )
+            })?;
+            serde_json::from_slice::<LinuxSeccomp>(&json)
+                .map(Some)
+                .map_err(|e| format!("decoding seccomp profile \"{path}\" failed: {e}"))
+        }
     }
+}
+
+/// An OS error as Go prints it ("no such file or directory"), for messages worded as upstream's.
+fn os_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or_default();
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
 }
 
 /// EPERM.
@@ -235,8 +255,9 @@ const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// The runtime spec for a container whose root is `rootfs` in its bundle.
-pub fn spec(config: &ContainerConfig) -> Spec {
+/// The runtime spec for a container whose root is `rootfs` in its bundle; an error if its
+/// seccomp profile cannot be loaded.
+pub fn spec(config: &ContainerConfig) -> Result<Spec, String> {
     let mut spec = Spec::default();
     let security = &config.security;
     let caps = capabilities(security);
@@ -378,12 +399,10 @@ pub fn spec(config: &ContainerConfig) -> Spec {
             linux.set_masked_paths(None);
             linux.set_readonly_paths(None);
         }
-        // a profile that does not parse was refused before the container was made
-        let privileged = security.privileged;
-        linux.set_seccomp(if privileged {
+        linux.set_seccomp(if security.privileged {
             None
         } else {
-            seccomp_filter(&security.seccomp).ok().flatten()
+            seccomp_filter(&security.seccomp)?
         });
         if !security.sysctls.is_empty() {
             let sysctls = security.sysctls.iter().map(|(k, v)| (k.clone(), v.clone()));
@@ -391,7 +410,7 @@ pub fn spec(config: &ContainerConfig) -> Spec {
         }
         spec.set_linux(Some(linux));
     }
-    spec
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -430,7 +449,7 @@ mod tests {
 
     #[test]
     fn joins_the_pods_namespaces_and_makes_its_own_mount_and_pid() {
-        let spec = spec(&config());
+        let spec = spec(&config()).expect("spec");
         let linux = spec.linux().as_ref().expect("test");
         let ns = linux.namespaces().as_ref().expect("test");
         let path_of = |t| ns.iter().find(|n| n.typ() == t).map(|n| n.path().clone());
@@ -453,7 +472,7 @@ mod tests {
 
     #[test]
     fn process_and_mounts() {
-        let spec = spec(&config());
+        let spec = spec(&config()).expect("spec");
         let p = spec.process().as_ref().expect("test");
         assert_eq!(p.cwd().to_str(), Some("/"));
         assert_eq!(p.user().uid(), 1000);
@@ -521,7 +540,7 @@ mod tests {
             sysctls: [("net.ipv4.tcp_syncookies".to_string(), "0".to_string())].into(),
             ..Default::default()
         };
-        let spec = spec(&c);
+        let spec = spec(&c).expect("spec");
         assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.no_new_privileges(), Some(true));
@@ -559,11 +578,26 @@ mod tests {
         let refused = &default.syscalls().as_ref().expect("syscalls")[0];
         assert!(refused.names().contains(&"unshare".to_string()));
         assert_eq!(refused.errno_ret(), Some(1));
+        let dir = tempfile::tempdir().expect("dir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            Seccomp::Localhost(path)
+        };
         let local = r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}"#;
-        let local = seccomp_filter(&Seccomp::Localhost(local.into()))
+        let local = seccomp_filter(&file("local.json", local))
             .expect("local")
             .expect("filter");
         assert_eq!(local.default_action(), LinuxSeccompAction::ScmpActErrno);
-        assert!(seccomp_filter(&Seccomp::Localhost("{".into())).is_err());
+        let broken = seccomp_filter(&file("broken.json", "{")).expect_err("broken");
+        assert!(broken.starts_with("decoding seccomp profile"), "{broken}");
+        let missing = dir.path().join("missing.json");
+        let missing = missing.display();
+        assert_eq!(
+            seccomp_filter(&Seccomp::Localhost(dir.path().join("missing.json"))),
+            Err(format!(
+                "cannot load seccomp profile \"{missing}\": open {missing}: no such file or directory"
+            ))
+        );
     }
 }

@@ -181,8 +181,9 @@ pub enum Seccomp {
     Unconfined,
     /// The runtime's default profile ([`crate::bundle`]).
     RuntimeDefault,
-    /// A profile of the node's, in the OCI seccomp format (JSON).
-    Localhost(String),
+    /// A profile file of the node's, in the OCI seccomp format (JSON), read when the container
+    /// is created (as a CRI runtime reads the file kubelet names).
+    Localhost(PathBuf),
 }
 
 /// Written by the supervisor once the container's process runs.
@@ -325,7 +326,7 @@ impl Runtime {
             &dir.join("rootfs"),
         )
         .map_err(|e| Error::Create(format!("mount the image's layers: {e}")))?;
-        let spec = bundle::spec(config);
+        let spec = bundle::spec(config).map_err(Error::Create)?;
         let text = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Create(e.to_string()))?;
         fs::write(dir.join("config.json"), text).map_err(io_err("write config.json"))?;
         if let Some(parent) = config.log_path.parent() {
