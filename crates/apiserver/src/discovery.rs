@@ -6,12 +6,15 @@ use serde_json::{Value, json};
 
 use api::registry::{ResourceType, registry};
 
+/// The Kubernetes version bosun serves, as `/version` reports it.
+pub const GIT_VERSION: &str = "v1.33.0+bosun";
+
 /// The Kubernetes version bosun serves.
 pub fn version() -> Value {
     json!({
         "major": "1",
         "minor": "33",
-        "gitVersion": "v1.33.0+bosun",
+        "gitVersion": GIT_VERSION,
         "gitCommit": env!("CARGO_PKG_VERSION"),
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",

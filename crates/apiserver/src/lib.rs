@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub use serve::Running;
+pub use serve::{Loopback, Running};
 
 /// How to run the API server.
 #[derive(Debug, Clone)]

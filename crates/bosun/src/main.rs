@@ -358,6 +358,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         std::sync::Arc::new(move |csr: &str, seconds: i64, usage: controllers::Usage| {
             pki.sign_csr(csr, seconds, usage == controllers::Usage::Server)
         });
+    const MANAGER: &str = "kube-controller-manager";
     let mut accounts = std::collections::HashMap::new();
     for account in api::CONTROLLER_ACCOUNTS {
         let user = format!("system:serviceaccount:kube-system:{account}");
@@ -365,20 +366,26 @@ async fn server(args: ServerArgs) -> Result<()> {
             "system:serviceaccounts",
             "system:serviceaccounts:kube-system",
         ];
-        accounts.insert(*account, component_client(&running, &user, &groups).await?);
+        accounts.insert(
+            *account,
+            component_client(&running, MANAGER, &user, &groups),
+        );
     }
     let ctrl = controllers::start(
         controllers::Credentials {
-            manager: component_client(&running, "system:kube-controller-manager", &[]).await?,
+            manager: component_client(&running, MANAGER, "system:kube-controller-manager", &[]),
             controllers: accounts,
         },
         running.ca_pem.clone(),
         Some(signer),
         Some(args.cluster_cidr),
     );
-    let scheduler = tokio::spawn(scheduler::run(
-        component_client(&running, "system:kube-scheduler", &[]).await?,
-    ));
+    let scheduler = tokio::spawn(scheduler::run(component_client(
+        &running,
+        "kube-scheduler",
+        "system:kube-scheduler",
+        &[],
+    )));
     let agent = if args.disable_agent {
         None
     } else {
@@ -441,22 +448,15 @@ async fn server(args: ServerArgs) -> Result<()> {
     outcome
 }
 
-/// A client for one of bosun's own components, authenticated by a client certificate issued
-/// for it by the cluster CA.
-async fn component_client(
+/// A client for one of bosun's own components in this process (`component` as upstream names
+/// it), acting as `user` through the API server's loopback (no certificate, no connection).
+fn component_client(
     running: &apiserver::Running,
+    component: &str,
     user: &str,
     groups: &[&str],
-) -> Result<kube::Client> {
-    let creds = running.pki.client(user, groups)?;
-    let text = apiserver::pki::kubeconfig(&running.url, &running.ca_pem, user, &creds);
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    Ok(kube::Client::try_from(config)?)
+) -> kube::Client {
+    kube::Client::new(running.loopback(component, user, groups), "default")
 }
 
 /// The node agent needs root.
@@ -531,10 +531,10 @@ async fn start_agent(
     let node_name = node_name(&args)?;
     let client = component_client(
         running,
+        "kubelet",
         &format!("system:node:{node_name}"),
         &["system:nodes"],
-    )
-    .await?;
+    );
     let agent = new_agent(
         node_name,
         data_dir,
