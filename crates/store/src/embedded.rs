@@ -28,6 +28,10 @@ const REVISION: &str = "revision";
 const HISTORY: usize = 20_000;
 /// How many writes one transaction takes at most.
 const MAX_BATCH: usize = 512;
+/// The memory redb may cache pages in (its default is 1 GiB). Reads are served from memory and
+/// never reach redb, which is only written at checkpoints, so its cache would mostly hold a
+/// second copy of the state; the pages a checkpoint rewrites come from the OS's page cache.
+const REDB_CACHE: usize = 16 << 20;
 /// How many events a watcher may have unread before it is cut off.
 const WATCH_BUFFER: usize = 4096;
 /// A checkpoint is taken when the log holds this many bytes...
@@ -86,7 +90,10 @@ struct Request {
 impl Embedded {
     /// Opens (or creates) the store in the file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(storage)?;
+        let db = Database::builder()
+            .set_cache_size(REDB_CACHE)
+            .create(path)
+            .map_err(storage)?;
         let (mut kvs, mut revision) = load(&db)?;
         let (mut wal, records) = Wal::open(&path.with_extension("wal"))?;
         let replay: Vec<Event> = records
