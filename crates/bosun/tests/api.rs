@@ -233,6 +233,26 @@ async fn the_kube_crate_is_a_second_client() {
             .iter()
             .any(|m| m.manager.as_deref() == Some("rust-test"))
     );
+    // an update that sends no managedFields, or an empty list, keeps them (as upstream: the
+    // controllers' caches drop them)
+    let mut cm = maps.get("from-rust").await.expect("get");
+    cm.metadata.managed_fields = Some(Vec::new());
+    cm.data = Some([("k".to_string(), "y".to_string())].into());
+    let replaced = maps
+        .replace("from-rust", &Default::default(), &cm)
+        .await
+        .expect("replace");
+    let managers: Vec<String> = replaced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "rust-test"),
+        "kept: {managers:?}"
+    );
     maps.delete("from-rust", &Default::default())
         .await
         .expect("delete");

@@ -104,6 +104,10 @@ where
         tokio::spawn(async move {
             watcher(api, watcher::Config::default())
                 .default_backoff()
+                // as kube-controller-manager's informers, keep no managedFields: no controller
+                // reads them, and they are often the largest part of an object (an update
+                // without them keeps the stored ones)
+                .modify(|obj| obj.meta_mut().managed_fields = None)
                 .reflect(writer)
                 .for_each(|event| {
                     match event {

@@ -95,6 +95,8 @@ where
     let (store, writer) = reflector::store::<K>();
     let feed = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        // as kube-scheduler's informers, keep no managedFields: the scheduler never reads them
+        .modify(|obj| obj.meta_mut().managed_fields = None)
         .reflect(writer)
         .touched_objects()
         .for_each(move |_| {

@@ -228,10 +228,10 @@ pub(super) fn prepare_update(
             }
         }
     }
-    if new
-        .get("metadata")
-        .and_then(|m| m.get("managedFields"))
-        .is_none()
+    // as upstream, a write without managedFields, or with an empty list, keeps the stored ones,
+    // so that clients unaware of the field (or caches that drop it) never strip it
+    let sent = new.get("metadata").and_then(|m| m.get("managedFields"));
+    if sent.is_none_or(|mf| mf.as_array().is_some_and(Vec::is_empty))
         && let Some(mf) = current.get("metadata").and_then(|m| m.get("managedFields"))
     {
         meta::set_meta(&mut new, "managedFields", mf.clone());
