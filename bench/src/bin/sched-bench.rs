@@ -174,5 +174,8 @@ async fn main() -> Result<()> {
         "server RSS with {nodes} nodes and {replicas} pods: {:.1} MiB",
         server.rss_mib()
     );
+    // what stays once the controllers' and the scheduler's work has drained
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    println!("server RSS 15 s later: {:.1} MiB", server.rss_mib());
     Ok(())
 }
