@@ -14,7 +14,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 /// How many API calls the node registration keeps in flight.
@@ -109,10 +110,11 @@ async fn main() -> Result<()> {
         })
     };
 
+    // a watcher re-watches (and re-lists if need be) when the server ends a watch that fell
+    // behind, as it does for slow watchers
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let mut watch = pods
-        .watch(&WatchParams::default().labels("app=sched-bench"), "0")
-        .await?
+    let mut watch = watcher(pods, watcher::Config::default().labels("app=sched-bench"))
+        .default_backoff()
         .boxed();
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "sched-bench"},
@@ -141,7 +143,7 @@ async fn main() -> Result<()> {
             .await
             .context("pods were not all bound within 30 minutes")?;
         match ev {
-            Some(Ok(WatchEvent::Added(p) | WatchEvent::Modified(p))) => {
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 seen.insert(name.clone());
                 if all_created.is_none() && seen.len() >= replicas {
@@ -156,7 +158,7 @@ async fn main() -> Result<()> {
                 }
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => bail!("watch failed: {e}"),
+            Some(Err(e)) => eprintln!("watch failed, retrying: {e}"),
             None => bail!("watch ended"),
         }
     }
