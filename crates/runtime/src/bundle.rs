@@ -109,16 +109,16 @@ pub fn seccomp_filter(seccomp: &Seccomp) -> Result<Option<LinuxSeccomp>, String>
                 .map_err(|e| e.to_string())
         }
         Seccomp::Localhost(path) => {
-            let path = path.display();
-            let json = std::fs::read(path.to_string()).map_err(|e| {
+            let shown = path.display();
+            let json = std::fs::read(path).map_err(|e| {
                 format!(
-                    "cannot load seccomp profile \"{path}\": open {path}: {}",
+                    "cannot load seccomp profile \"{shown}\": open {shown}: {}",
                     os_error(&e)
                 )
             })?;
             serde_json::from_slice::<LinuxSeccomp>(&json)
                 .map(Some)
-                .map_err(|e| format!("decoding seccomp profile \"{path}\" failed: {e}"))
+                .map_err(|e| format!("decoding seccomp profile \"{shown}\" failed: {e}"))
         }
     }
 }
