@@ -218,7 +218,6 @@ pub(crate) async fn serve(
     let app = axum::Router::new().fallback(route).with_state(state);
     let listening = app.clone();
     let task = tokio::spawn(async move {
-        let app = listening;
         loop {
             let (tcp, _) = match listener.accept().await {
                 Ok(c) => c,
@@ -229,7 +228,7 @@ pub(crate) async fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let app = app.clone();
+            let app = listening.clone();
             let serving = serving.clone();
             tokio::spawn(async move {
                 if is_legacy(&tcp).await {
