@@ -17,6 +17,7 @@
 //! - [`meta`]: reading and writing object metadata on JSON values.
 //! - [`validation`]: field errors and the name rules.
 //! - [`quantity`]: resource quantities (`100m`, `64Mi`) as numbers.
+//! - [`quota`]: what objects use of a ResourceQuota's resources, and its scopes.
 //! - [`CONTROLLER_ACCOUNTS`] and [`JOIN_GROUP`]: identities that the API server's default
 //!   policy shares with the controller manager and the node agent.
 
@@ -29,6 +30,7 @@ pub mod openapi_pb;
 pub mod patch;
 pub mod patch_meta;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod schema;
 pub mod selector;
@@ -61,6 +63,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "statefulset-controller",
     "node-controller",
     "disruption-controller",
+    "resourcequota-controller",
     "endpoint-controller",
     "service-controller",
     "pod-garbage-collector",

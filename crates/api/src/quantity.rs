@@ -56,6 +56,34 @@ pub fn units(s: &str) -> Result<i64, ParseError> {
     parse(s).map(|v| v.ceil() as i64)
 }
 
+/// A quantity in thousandths written back in upstream's canonical form: thousandths that are
+/// not whole as `1500m`, whole values with the largest suffix that keeps them whole, binary
+/// (`Ki`, `Mi`, ...) when `binary` and the value is a multiple of 1024, decimal (`k`, `M`, ...)
+/// otherwise: `2`, `200m`, `100Mi`, `1k`.
+pub fn format_milli(milli: i64, binary: bool) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let v = milli / 1000;
+    if v == 0 {
+        return "0".into();
+    }
+    let (base, suffixes): (i64, [&str; 6]) = if binary && v % 1024 == 0 {
+        (1024, ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+    } else {
+        (1000, ["k", "M", "G", "T", "P", "E"])
+    };
+    let (mut n, mut suffix) = (v, "");
+    for s in suffixes {
+        if n % base != 0 {
+            break;
+        }
+        n /= base;
+        suffix = s;
+    }
+    format!("{n}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +102,18 @@ mod tests {
         assert!(parse("12x").is_err());
         assert!(parse("").is_err());
         assert!(parse("Mi").is_err());
+    }
+
+    #[test]
+    fn quantities_written_back_canonically() {
+        assert_eq!(format_milli(0, false), "0");
+        assert_eq!(format_milli(200, false), "200m");
+        assert_eq!(format_milli(1500, false), "1500m");
+        assert_eq!(format_milli(2000, false), "2");
+        assert_eq!(format_milli(1_000_000, false), "1k");
+        assert_eq!(format_milli((100 << 20) * 1000, true), "100Mi");
+        assert_eq!(format_milli((1 << 30) * 1000, true), "1Gi");
+        assert_eq!(format_milli(1_000_000_000_000, true), "1G");
+        assert_eq!(format_milli(1_500_000, true), "1500");
     }
 }

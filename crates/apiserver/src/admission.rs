@@ -6,7 +6,8 @@
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
 //! the global default one), LimitRanger (`crate::limit_range`), PodSecurity
 //! (`crate::pod_security`, on create and update), and the certificates plugins
-//! (`crate::certificates`).
+//! (`crate::certificates`). ResourceQuota (`crate::resource_quota`) runs last, after
+//! validation, as upstream's validating plugin.
 
 use serde_json::{Value, json};
 

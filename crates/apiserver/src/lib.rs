@@ -23,6 +23,7 @@ pub mod pki;
 pub mod pod_security;
 pub mod protobuf;
 pub mod request;
+pub mod resource_quota;
 pub mod rest;
 pub mod services;
 pub mod status;
@@ -91,6 +92,9 @@ pub struct State {
     pub kubelet_client: std::sync::Arc<rustls::ClientConfig>,
     /// Where Service addresses and node ports come from.
     pub services: services::ServiceRanges,
+    /// Held while a create is checked against its namespace's ResourceQuotas and charged to
+    /// them, so that two creates cannot both take the last place.
+    pub quota_charges: tokio::sync::Mutex<()>,
 }
 
 /// Opens the store in the data dir, makes or loads the CA, writes the admin kubeconfig, creates

@@ -214,6 +214,7 @@ pub(crate) async fn serve(
         anonymous_auth: config.anonymous_auth,
         auditor,
         services,
+        quota_charges: Default::default(),
     });
     let app = axum::Router::new().fallback(route).with_state(state);
     let listening = app.clone();

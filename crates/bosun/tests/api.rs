@@ -355,3 +355,127 @@ spec:
         "200m"
     );
 }
+
+#[test]
+fn resource_quotas_count_charge_and_give_back() {
+    let c = Cluster::start();
+    c.ok(&["create", "namespace", "q"]);
+    c.ok(&[
+        "-n",
+        "q",
+        "create",
+        "quota",
+        "objects",
+        "--hard=count/deployments.apps=1,services.nodeports=1,pods=1,limits.memory=64Mi",
+    ]);
+    // the controller counts what the namespace already holds
+    let used = || {
+        c.ok(&[
+            "-n",
+            "q",
+            "get",
+            "resourcequota/objects",
+            "-o",
+            "jsonpath={.status.used}",
+        ])
+    };
+    assert!(
+        c.wait_for(10, || used().contains(r#""pods":"0""#)),
+        "the quota's usage was never counted"
+    );
+    c.ok(&["-n", "q", "create", "deployment", "d1", "--image=busybox"]);
+    let refused = c.fails(&["-n", "q", "create", "deployment", "d2", "--image=busybox"]);
+    assert!(
+        refused.contains(
+            "deployments.apps \"d2\" is forbidden: exceeded quota: objects, requested: \
+             count/deployments.apps=1, used: count/deployments.apps=1, limited: count/deployments.apps=1"
+        ),
+        "{refused}"
+    );
+    c.ok(&[
+        "-n",
+        "q",
+        "create",
+        "service",
+        "clusterip",
+        "inside",
+        "--tcp=80:80",
+    ]);
+    c.ok(&[
+        "-n",
+        "q",
+        "create",
+        "service",
+        "nodeport",
+        "outside",
+        "--tcp=80:80",
+    ]);
+    let refused = c.fails(&[
+        "-n",
+        "q",
+        "create",
+        "service",
+        "nodeport",
+        "more",
+        "--tcp=81:81",
+    ]);
+    assert!(
+        refused.contains("exceeded quota: objects, requested: services.nodeports=1"),
+        "{refused}"
+    );
+    // a pod must state the memory limit the quota limits; one that does takes the only place
+    let refused = c.fails(&[
+        "-n",
+        "q",
+        "run",
+        "bare",
+        "--image=busybox",
+        "--restart=Never",
+    ]);
+    assert!(
+        refused.contains("failed quota: objects: must specify limits.memory for: bare"),
+        "{refused}"
+    );
+    let sized = r#"{"spec":{"containers":[{"name":"c","image":"busybox","resources":{"limits":{"memory":"32Mi"}}}]}}"#;
+    let run = |name: &str| {
+        c.kubectl(&[
+            "-n",
+            "q",
+            "run",
+            name,
+            "--image=busybox",
+            "--restart=Never",
+            &format!("--overrides={sized}"),
+        ])
+    };
+    assert!(run("first").status.success());
+    let second = run("second");
+    assert!(
+        String::from_utf8_lossy(&second.stderr)
+            .contains("requested: pods=1, used: pods=1, limited: pods=1"),
+        "{second:?}"
+    );
+    let described: Vec<String> = c
+        .ok(&["-n", "q", "describe", "quota", "objects"])
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for row in [
+        "count/deployments.apps 1 1",
+        "limits.memory 32Mi 64Mi",
+        "pods 1 1",
+        "services.nodeports 1 1",
+    ] {
+        assert!(
+            described.iter().any(|l| l == row),
+            "{row} not in {described:?}"
+        );
+    }
+    // what is deleted is given back
+    c.ok(&["-n", "q", "delete", "deployment", "d1"]);
+    assert!(
+        c.wait_for(30, || used().contains(r#""count/deployments.apps":"0""#)),
+        "the deleted deployment still counts"
+    );
+    c.ok(&["-n", "q", "create", "deployment", "d2", "--image=busybox"]);
+}

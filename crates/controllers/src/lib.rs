@@ -18,6 +18,7 @@
 //!   user-written Endpoints mirrored into slices.
 //! - [`service_lb`]: LoadBalancer Services get the nodes' addresses, as k3s's servicelb.
 //! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
+//! - [`resourcequota`]: ResourceQuotas' usage, counted from what their namespaces hold.
 //! - [`cleanup`]: events expire after an hour; finished pods beyond 12,500 go.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
@@ -51,6 +52,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod revisions;
 pub mod rollout;
 pub mod root_ca;
@@ -67,7 +69,9 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Node, Pod, ReplicationController, ResourceQuota, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
@@ -149,6 +153,8 @@ pub struct Informers {
     pub endpoints: Arc<Informer<Endpoints>>,
     /// Every EndpointSlice.
     pub endpointslices: Arc<Informer<EndpointSlice>>,
+    /// Every ResourceQuota.
+    pub quotas: Arc<Informer<ResourceQuota>>,
 }
 
 impl Informers {
@@ -168,6 +174,7 @@ impl Informers {
             services: Informer::start(Api::all(client.clone())),
             endpoints: Informer::start(Api::all(client.clone())),
             endpointslices: Informer::start(Api::all(client.clone())),
+            quotas: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -186,6 +193,7 @@ impl Informers {
         self.services.ready().await;
         self.endpoints.ready().await;
         self.endpointslices.ready().await;
+        self.quotas.ready().await;
     }
 }
 
@@ -260,6 +268,7 @@ pub fn start(
             let ds = ctx("daemon-set-controller")?;
             let sts = ctx("statefulset-controller")?;
             let disruption = ctx("disruption-controller")?;
+            let quota = ctx("resourcequota-controller")?;
             let endpoints = ctx("endpoint-controller")?;
             let service = ctx("service-controller")?;
             let gc = ctx("generic-garbage-collector")?;
@@ -284,6 +293,7 @@ pub fn start(
                         }
                     } => "node-ipam",
                     _ = disruption::run(disruption) => "disruption",
+                    _ = resourcequota::run(quota) => "resourcequota",
                     _ = endpoints::run(endpoints) => "endpoints",
                     _ = service_lb::run(service) => "service-lb",
                     _ = cleanup::collect_terminated_pods(podgc) => "pod-gc",

@@ -260,6 +260,14 @@ fn roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "resourcequota-controller",
+            vec![
+                rule(&["*"], &["*"], &["list", "watch"]),
+                rule(&[""], &["resourcequotas/status"], &["update", "patch"]),
+                events(),
+            ],
+        ),
+        (
             // also upstream's endpointslice and endpointslicemirroring controllers
             "endpoint-controller",
             vec![

@@ -196,6 +196,7 @@ async fn create_object(
     } else {
         None
     };
+    crate::resource_quota::admit_create(state, rt, &obj, ctx.dry_run()).await?;
     crate::audit::creating(meta::name(&obj));
     if ctx.dry_run() {
         return Ok((obj, warnings));
