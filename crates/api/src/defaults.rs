@@ -170,6 +170,26 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             if !spec.contains_key("metrics") {
                 spec.insert("metrics".into(), json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]));
             }
+            // a behavior that is given gets upstream's defaults for what it leaves out (the
+            // scale-down stabilization window stays unset: the controller's 300 s)
+            if let Some(behavior) = spec.get_mut("behavior").and_then(Value::as_object_mut) {
+                let up = child(behavior, "scaleUp");
+                default(up, "stabilizationWindowSeconds", json!(0));
+                default(up, "selectPolicy", json!("Max"));
+                default(
+                    up,
+                    "policies",
+                    json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                           {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                );
+                let down = child(behavior, "scaleDown");
+                default(down, "selectPolicy", json!("Max"));
+                default(
+                    down,
+                    "policies",
+                    json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                );
+            }
         }
         _ => {}
     }

@@ -64,6 +64,7 @@ pub const CONTROLLER_ACCOUNTS: &[&str] = &[
     "node-controller",
     "disruption-controller",
     "resourcequota-controller",
+    "horizontal-pod-autoscaler",
     "endpoint-controller",
     "service-controller",
     "pod-garbage-collector",

@@ -1,5 +1,5 @@
 //! Discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) and `/version`, derived from
-//! the registry. `/api` and `/apis` also serve aggregated discovery (`apidiscovery.k8s.io/v2`),
+//! the registry, plus the metrics API (`crate::metrics`), which is served outside it. `/api` and `/apis` also serve aggregated discovery (`apidiscovery.k8s.io/v2`),
 //! which kubectl asks for first: every group, version and resource in one response.
 
 use serde_json::{Value, json};
@@ -41,10 +41,17 @@ fn group_entry(group: &str, versions: &[&str]) -> Value {
     json!({"name": group, "versions": vs, "preferredVersion": vs[0]})
 }
 
+/// The served group versions: the registry's, then the metrics API's.
+fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut all = registry().group_versions();
+    all.push((crate::metrics::GROUP, crate::metrics::VERSION));
+    all
+}
+
 /// `/apis`.
 pub fn groups() -> Value {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (g, v) in registry().group_versions() {
+    for (g, v) in group_versions() {
         if g.is_empty() {
             continue;
         }
@@ -59,8 +66,7 @@ pub fn groups() -> Value {
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Option<Value> {
-    let versions: Vec<&str> = registry()
-        .group_versions()
+    let versions: Vec<&str> = group_versions()
         .into_iter()
         .filter(|(g, _)| *g == name)
         .map(|(_, v)| v)
@@ -125,6 +131,17 @@ fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
 
 /// `/api/v1` and `/apis/<group>/<version>`.
 pub fn resources(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (crate::metrics::GROUP, crate::metrics::VERSION) {
+        let list: Vec<Value> = crate::metrics::RESOURCES
+            .iter()
+            .map(|(plural, kind, namespaced)| {
+                json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                       "kind": kind, "verbs": ["get", "list"]})
+            })
+            .collect();
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": format!("{group}/{version}"), "resources": list}));
+    }
     let rows: Vec<&ResourceType> = registry()
         .resources
         .iter()
@@ -195,7 +212,7 @@ fn aggregated_resource(r: &ResourceType) -> Value {
 /// Aggregated discovery of the core group (`/api`) or of the named groups (`/apis`).
 pub fn aggregated(core: bool) -> Value {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (g, v) in registry().group_versions() {
+    for (g, v) in group_versions() {
         if g.is_empty() != core {
             continue;
         }
@@ -210,12 +227,22 @@ pub fn aggregated(core: bool) -> Value {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry()
+                    let mut resources: Vec<Value> = registry()
                         .resources
                         .iter()
                         .filter(|r| r.group == *g && r.version == *v)
                         .map(aggregated_resource)
                         .collect();
+                    if (*g, *v) == (crate::metrics::GROUP, crate::metrics::VERSION) {
+                        resources.extend(crate::metrics::RESOURCES.iter().map(
+                            |(plural, kind, namespaced)| {
+                                json!({"resource": plural,
+                                    "responseKind": {"group": g, "version": v, "kind": kind},
+                                    "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                                    "singularResource": "", "verbs": ["get", "list"]})
+                            },
+                        ));
+                    }
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod discovery;
 pub mod encryption;
 pub mod limit_range;
+pub mod metrics;
 pub mod node_authz;
 pub mod node_proxy;
 pub mod node_restriction;

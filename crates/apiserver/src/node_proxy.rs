@@ -158,45 +158,7 @@ async fn try_proxy(
         .extend_pairs(pairs)
         .finish();
 
-    let nodes = registry()
-        .find("", "v1", "nodes")
-        .ok_or_else(|| ApiError::internal("nodes are not registered"))?;
-    let (node, _) = state.storage.get(nodes, "", &node_name).await?;
-    let address = meta::lookup(&node, "status.addresses")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|x| x["type"] == "InternalIP")
-                .or_else(|| a.first())
-        })
-        .and_then(|x| x["address"].as_str())
-        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))?
-        .to_string();
-    let port = meta::lookup(&node, "status.daemonEndpoints.kubeletEndpoint.Port")
-        .and_then(Value::as_i64)
-        .unwrap_or(10250);
-
-    let tcp = tokio::net::TcpStream::connect((address.as_str(), port as u16))
-        .await
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "error dialing backend: dial tcp {address}:{port}: {e}"
-            ))
-        })?;
-    let _ = tcp.set_nodelay(true);
-    let server_name = rustls::pki_types::ServerName::try_from(address.clone())
-        .map_err(|e| ApiError::internal(format!("node address {address}: {e}")))?;
-    let tls = tokio_rustls::TlsConnector::from(state.kubelet_client.clone())
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-
+    let (mut sender, host) = connect(state, &node_name).await?;
     let uri = if query.is_empty() {
         kubelet_path
     } else {
@@ -205,7 +167,7 @@ async fn try_proxy(
     let mut req = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
-        .header(header::HOST, format!("{address}:{port}"));
+        .header(header::HOST, host);
     for name in [
         header::CONNECTION,
         header::UPGRADE,
@@ -257,4 +219,52 @@ async fn try_proxy(
         out = out.header(header::CONTENT_TYPE, ct);
     }
     Ok(out.body(Body::new(body)).unwrap_or_default())
+}
+
+/// A connection to a node's API, over TLS with the API server's kubelet client certificate,
+/// and the Host header to send on it.
+pub async fn connect(
+    state: &State,
+    node_name: &str,
+) -> Result<(hyper::client::conn::http1::SendRequest<Body>, String)> {
+    let nodes = registry()
+        .find("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes are not registered"))?;
+    let (node, _) = state.storage.get(nodes, "", &node_name).await?;
+    let address = meta::lookup(&node, "status.addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["type"] == "InternalIP")
+                .or_else(|| a.first())
+        })
+        .and_then(|x| x["address"].as_str())
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))?
+        .to_string();
+    let port = meta::lookup(&node, "status.daemonEndpoints.kubeletEndpoint.Port")
+        .and_then(Value::as_i64)
+        .unwrap_or(10250);
+
+    let tcp = tokio::net::TcpStream::connect((address.as_str(), port as u16))
+        .await
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "error dialing backend: dial tcp {address}:{port}: {e}"
+            ))
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = rustls::pki_types::ServerName::try_from(address.clone())
+        .map_err(|e| ApiError::internal(format!("node address {address}: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(state.kubelet_client.clone())
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+
+    Ok((sender, format!("{address}:{port}")))
 }

@@ -506,6 +506,12 @@ async fn serve_as(
             _ => {}
         }
     }
+    let query = crate::request::query_map(parts.uri.query());
+    if let Some(info) = crate::request::parse(&parts.method, &path, &query)
+        .filter(crate::metrics::is_metrics)
+    {
+        return crate::metrics::serve(&state, &user, &parts.method, &path, info, &query).await;
+    }
     if let Some(target) = crate::node_proxy::target(&parts.method, &path) {
         return crate::node_proxy::proxy(&state, &user, parts, target).await;
     }

@@ -19,6 +19,8 @@
 //! - [`service_lb`]: LoadBalancer Services get the nodes' addresses, as k3s's servicelb.
 //! - [`disruption`]: PodDisruptionBudgets' status, which evictions (`kubectl drain`) obey.
 //! - [`resourcequota`]: ResourceQuotas' usage, counted from what their namespaces hold.
+//! - [`podautoscaler`]: HorizontalPodAutoscalers scale their targets by the pods' usage, with
+//!   the pure arithmetic in [`scaling`].
 //! - [`cleanup`]: events expire after an hour; finished pods beyond 12,500 go.
 //! - [`garbage_collector`]: dependents follow their owners out (background, foreground, orphan).
 //!
@@ -50,12 +52,14 @@ pub mod leader;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod podautoscaler;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod revisions;
 pub mod rollout;
 pub mod root_ca;
+pub mod scaling;
 pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -68,6 +72,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     Endpoints, Node, Pod, ReplicationController, ResourceQuota, Service,
@@ -155,6 +160,8 @@ pub struct Informers {
     pub endpointslices: Arc<Informer<EndpointSlice>>,
     /// Every ResourceQuota.
     pub quotas: Arc<Informer<ResourceQuota>>,
+    /// Every HorizontalPodAutoscaler.
+    pub autoscalers: Arc<Informer<HorizontalPodAutoscaler>>,
 }
 
 impl Informers {
@@ -175,6 +182,7 @@ impl Informers {
             endpoints: Informer::start(Api::all(client.clone())),
             endpointslices: Informer::start(Api::all(client.clone())),
             quotas: Informer::start(Api::all(client.clone())),
+            autoscalers: Informer::start(Api::all(client.clone())),
         }
     }
 
@@ -194,6 +202,7 @@ impl Informers {
         self.endpoints.ready().await;
         self.endpointslices.ready().await;
         self.quotas.ready().await;
+        self.autoscalers.ready().await;
     }
 }
 
@@ -269,6 +278,7 @@ pub fn start(
             let sts = ctx("statefulset-controller")?;
             let disruption = ctx("disruption-controller")?;
             let quota = ctx("resourcequota-controller")?;
+            let hpa = ctx("horizontal-pod-autoscaler")?;
             let endpoints = ctx("endpoint-controller")?;
             let service = ctx("service-controller")?;
             let gc = ctx("generic-garbage-collector")?;
@@ -294,6 +304,7 @@ pub fn start(
                     } => "node-ipam",
                     _ = disruption::run(disruption) => "disruption",
                     _ = resourcequota::run(quota) => "resourcequota",
+                    _ = podautoscaler::run(hpa) => "horizontal-pod-autoscaler",
                     _ = endpoints::run(endpoints) => "endpoints",
                     _ = service_lb::run(service) => "service-lb",
                     _ = cleanup::collect_terminated_pods(podgc) => "pod-gc",

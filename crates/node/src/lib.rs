@@ -7,7 +7,7 @@
 //! spec as Kubernetes defines it ([`process`]) from images pulled as their policy says
 //! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]), attaches to them ([`attach`]) and forwards ports to them ([`portforward`],
-//! over [`spdy`]) for the API server. [`proxy`] keeps the node's Service rules in step with
+//! over [`spdy`]) for the API server, and what they use ([`stats`]). [`proxy`] keeps the node's Service rules in step with
 //! Services and their endpoints, [`policy`] its pods' NetworkPolicy rules with the policies.
 //!
 //! On a machine other than the server's, [`join`] gets the agent its credentials from a join
@@ -38,6 +38,7 @@ pub mod resources;
 pub mod security;
 pub mod server;
 pub mod spdy;
+pub mod stats;
 pub mod status;
 pub mod tokens;
 pub mod volumes;
@@ -105,6 +106,8 @@ pub struct Agent {
     pub pulls: tokio::sync::Mutex<()>,
     /// The Services, ConfigMaps and Secrets its pods consume.
     pub caches: cache::Caches,
+    /// What the node, its pods and containers use.
+    pub stats: stats::Stats,
 }
 
 impl Agent {
@@ -128,6 +131,7 @@ impl Agent {
             backoff: Mutex::new(backoff::Backoff::default()),
             pods: Mutex::new(HashMap::new()),
             pulls: tokio::sync::Mutex::new(()),
+            stats: stats::Stats::default(),
         }))
     }
 
@@ -177,6 +181,7 @@ impl Agent {
                 r.map_err(|e| e.context("the network policy enforcement stopped"))
             }
             r = api => r,
+            () = stats::run(self.clone()) => anyhow::bail!("the measuring of usage stopped"),
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   the container's output and input; see [`crate::attach`].
 //! - `GET|POST /portForward/{namespace}/{pod}`: a WebSocket tunnelling SPDY/3.1
 //!   (`SPDY/3.1+portforward.k8s.io`); see [`crate::portforward`].
+//! - `GET /stats/summary` and `GET /metrics/resource`: what the node, its pods and containers
+//!   use; see [`crate::stats`].
 //! - `GET /healthz`.
 
 use std::collections::HashMap;
@@ -89,6 +91,21 @@ pub async fn serve(agent: Arc<Agent>, addr: SocketAddr, tls: Tls) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("the node API cannot listen on {addr}: {e}"))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/stats/summary",
+            get(|State(agent): State<Arc<Agent>>| async move {
+                axum::Json(agent.stats.summary(&agent.config.node_name))
+            }),
+        )
+        .route(
+            "/metrics/resource",
+            get(|State(agent): State<Arc<Agent>>| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    agent.stats.prometheus(),
+                )
+            }),
+        )
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .route(

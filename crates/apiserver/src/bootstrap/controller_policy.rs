@@ -260,6 +260,25 @@ fn roles() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "horizontal-pod-autoscaler",
+            vec![
+                rule(
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers"],
+                    &["get", "list", "watch"],
+                ),
+                rule(
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers/status"],
+                    &["update", "patch"],
+                ),
+                rule(&["*"], &["*/scale"], &["get", "update", "patch"]),
+                rule(&[""], &["pods"], &["list"]),
+                rule(&["metrics.k8s.io"], &["pods"], &["list"]),
+                events(),
+            ],
+        ),
+        (
             "resourcequota-controller",
             vec![
                 rule(&["*"], &["*"], &["list", "watch"]),
