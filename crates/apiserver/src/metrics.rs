@@ -26,8 +26,10 @@ pub const GROUP: &str = "metrics.k8s.io";
 /// Its one version.
 pub const VERSION: &str = "v1beta1";
 /// Its resources: plural, kind and whether namespaced.
-pub const RESOURCES: [(&str, &str, bool); 2] =
-    [("nodes", "NodeMetrics", false), ("pods", "PodMetrics", true)];
+pub const RESOURCES: [(&str, &str, bool); 2] = [
+    ("nodes", "NodeMetrics", false),
+    ("pods", "PodMetrics", true),
+];
 
 /// The interval the nodes measure CPU rates over (`node::stats::INTERVAL`).
 const WINDOW: &str = "10s";
@@ -191,7 +193,10 @@ async fn summary(state: &State, node: &str) -> Result<Value> {
         .await
         .map_err(|e| ApiError::internal(format!("error reading from the node: {e}")))?;
     if !resp.status().is_success() {
-        return Err(ApiError::internal(format!("the node answered {}", resp.status())));
+        return Err(ApiError::internal(format!(
+            "the node answered {}",
+            resp.status()
+        )));
     }
     let bytes = http_body_util::BodyExt::collect(resp.into_body())
         .await

@@ -3,7 +3,7 @@
 //! API server authorizes the request (`get` on `pods/log`, `create` on the others, as upstream
 //! requires for WebSocket upgrades too), finds the pod's node and its node API endpoint, and
 //! calls it over TLS with its kubelet client certificate, verifying the node's certificate
-//! against the cluster CA.
+//! against the cluster CA ([`connect`], which the metrics API also calls nodes through).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -230,7 +230,7 @@ pub async fn connect(
     let nodes = registry()
         .find("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes are not registered"))?;
-    let (node, _) = state.storage.get(nodes, "", &node_name).await?;
+    let (node, _) = state.storage.get(nodes, "", node_name).await?;
     let address = meta::lookup(&node, "status.addresses")
         .and_then(Value::as_array)
         .and_then(|a| {

@@ -507,8 +507,8 @@ async fn serve_as(
         }
     }
     let query = crate::request::query_map(parts.uri.query());
-    if let Some(info) = crate::request::parse(&parts.method, &path, &query)
-        .filter(crate::metrics::is_metrics)
+    if let Some(info) =
+        crate::request::parse(&parts.method, &path, &query).filter(crate::metrics::is_metrics)
     {
         return crate::metrics::serve(&state, &user, &parts.method, &path, info, &query).await;
     }

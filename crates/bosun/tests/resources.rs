@@ -35,10 +35,24 @@ spec:
   - {name: hold, image: busybox:1.36, command: ["sh", "-c", "head -c 20m /dev/zero > /dev/shm/x; sleep 3600"]}
 "#,
     );
-    let groups = c.ok(&["api-resources", "--api-group=metrics.k8s.io", "--no-headers"]);
-    assert!(groups.contains("PodMetrics") && groups.contains("NodeMetrics"), "{groups}");
+    let groups = c.ok(&[
+        "api-resources",
+        "--api-group=metrics.k8s.io",
+        "--no-headers",
+    ]);
+    assert!(
+        groups.contains("PodMetrics") && groups.contains("NodeMetrics"),
+        "{groups}"
+    );
     let top = || {
-        let out = c.kubectl(&["top", "pod", "-l", "app=pair", "--containers", "--no-headers"]);
+        let out = c.kubectl(&[
+            "top",
+            "pod",
+            "-l",
+            "app=pair",
+            "--containers",
+            "--no-headers",
+        ]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
@@ -58,10 +72,26 @@ spec:
     assert!(millicores(&row("hold")) < 20, "{rows:?}");
     assert!(mebibytes(&row("hold")) >= 20, "{rows:?}");
     let node = c.ok(&["top", "node", "--no-headers"]);
-    assert!(node.split_whitespace().nth(2).is_some_and(|p| p.ends_with('%')), "{node}");
+    assert!(
+        node.split_whitespace()
+            .nth(2)
+            .is_some_and(|p| p.ends_with('%')),
+        "{node}"
+    );
     // one pod by name, and a missing one as metrics-server words it
-    let one = c.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/pair"]);
+    let one = c.ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/pair",
+    ]);
     assert!(one.contains(r#""window":"10s""#), "{one}");
-    let missing = c.fails(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/none"]);
-    assert!(missing.contains(r#"podmetrics.metrics.k8s.io \"default/none\" not found"#), "{missing}");
+    let missing = c.fails(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/none",
+    ]);
+    assert!(
+        missing.contains(r#"podmetrics.metrics.k8s.io "default/none" not found"#),
+        "{missing}"
+    );
 }

@@ -142,17 +142,27 @@ async fn sync(hpa: &HorizontalPodAutoscaler, a: &Autoscaler, key: &str, ns: &str
     let reference = &spec.scale_target_ref;
     let target = scale_target(ctx, ns, reference.api_version.as_deref(), &reference.kind);
     let scale = match &target {
-        Some(t) => t.get_scale(&reference.name).await.map_err(|e| e.to_string()),
+        Some(t) => t
+            .get_scale(&reference.name)
+            .await
+            .map_err(|e| e.to_string()),
         None => Err(format!(
             "no matches for kind \"{}\" in group \"{}\"",
             reference.kind,
-            reference.api_version.as_deref().unwrap_or("").split('/').next().unwrap_or("")
+            reference
+                .api_version
+                .as_deref()
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("")
         )),
     };
     let scale = match scale {
         Ok(s) => s,
         Err(e) => {
-            let message = format!("the HPA controller was unable to get the target's current scale: {e}");
+            let message =
+                format!("the HPA controller was unable to get the target's current scale: {e}");
             ctx.events.warning(COMPONENT, hpa, "FailedGetScale", e);
             conditions.set("AbleToScale", false, "FailedGetScale", message);
             let status = HorizontalPodAutoscalerStatus {
@@ -178,9 +188,15 @@ async fn sync(hpa: &HorizontalPodAutoscaler, a: &Autoscaler, key: &str, ns: &str
         );
         (0, String::new())
     } else if current > max {
-        (max, "Current number of replicas above Spec.MaxReplicas".into())
+        (
+            max,
+            "Current number of replicas above Spec.MaxReplicas".into(),
+        )
     } else if current < min {
-        (min, "Current number of replicas below Spec.MinReplicas".into())
+        (
+            min,
+            "Current number of replicas below Spec.MinReplicas".into(),
+        )
     } else {
         let pods = pods_of(ctx, ns, &selector);
         let mut best: Option<(i32, String)> = None;
@@ -208,8 +224,7 @@ async fn sync(hpa: &HorizontalPodAutoscaler, a: &Autoscaler, key: &str, ns: &str
         }
         // as upstream: with some metrics invalid, only a scale up goes ahead
         let total = spec.metrics.iter().flatten().count();
-        let Some((proposed, metric_name)) =
-            best.filter(|(r, _)| errors.is_empty() || *r > current)
+        let Some((proposed, metric_name)) = best.filter(|(r, _)| errors.is_empty() || *r > current)
         else {
             let first = errors.first().cloned().unwrap_or_default();
             ctx.events.warning(
@@ -236,7 +251,9 @@ async fn sync(hpa: &HorizontalPodAutoscaler, a: &Autoscaler, key: &str, ns: &str
                 "ScalingActive",
                 true,
                 "ValidMetricFound",
-                format!("the HPA was able to successfully calculate a replica count from {metric_name}"),
+                format!(
+                    "the HPA was able to successfully calculate a replica count from {metric_name}"
+                ),
             );
         }
         let behavior = spec.behavior.clone().unwrap_or_default();
@@ -396,7 +413,11 @@ async fn propose(
     current: i32,
     now: Timestamp,
 ) -> std::result::Result<(Proposal, String, MetricStatus), (&'static str, String)> {
-    let Some(resource) = metric.resource.as_ref().filter(|_| metric.type_ == "Resource") else {
+    let Some(resource) = metric
+        .resource
+        .as_ref()
+        .filter(|_| metric.type_ == "Resource")
+    else {
         let reason = match metric.type_.as_str() {
             "Pods" => "FailedGetPodsMetric",
             "Object" => "FailedGetObjectMetric",
@@ -406,7 +427,10 @@ async fn propose(
         };
         return Err((
             reason,
-            format!("unable to get metric {}: metrics of this type are not served", metric.type_),
+            format!(
+                "unable to get metric {}: metrics of this type are not served",
+                metric.type_
+            ),
         ));
     };
     let name = resource.name.as_str();
@@ -424,12 +448,19 @@ async fn propose(
         }
     };
     let failed = |e: String| match target {
-        Target::Utilization(_) => ("FailedGetResourceMetric", format!("failed to get {name} utilization: {e}")),
-        Target::AverageValue(_) => ("FailedGetResourceMetric", format!("failed to get {name} usage: {e}")),
+        Target::Utilization(_) => (
+            "FailedGetResourceMetric",
+            format!("failed to get {name} utilization: {e}"),
+        ),
+        Target::AverageValue(_) => (
+            "FailedGetResourceMetric",
+            format!("failed to get {name} usage: {e}"),
+        ),
     };
     let samples = usage(ctx, ns, selector, name).await.map_err(failed)?;
     let views: Vec<PodView> = pods.iter().map(|p| view(p, name)).collect();
-    let proposal = scaling::replicas(current, target, name, &views, &samples, now).map_err(failed)?;
+    let proposal =
+        scaling::replicas(current, target, name, &views, &samples, now).map_err(failed)?;
     let words = match target {
         Target::Utilization(_) => format!("{name} resource utilization (percentage of request)"),
         Target::AverageValue(_) => format!("{name} resource"),
@@ -464,7 +495,9 @@ fn view(pod: &Pod, resource: &str) -> PodView {
         .map(|c| {
             (
                 c.status == "True",
-                c.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                c.last_transition_time
+                    .as_ref()
+                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
             )
         });
     let request = pod.spec.as_ref().and_then(|s| {
@@ -519,14 +552,18 @@ async fn usage(
                     .and_then(|q| api::quantity::milli(q).ok())
             })
             .sum();
-        let timestamp = item["timestamp"].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+        let timestamp = item["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok());
         let window = item["window"]
             .as_str()
             .and_then(|w| w.strip_suffix('s')?.parse::<f64>().ok())
             .map_or(SignedDuration::ZERO, SignedDuration::from_secs_f64);
-        if let (Some(value), Some(timestamp), Some(name)) =
-            (total, timestamp, item.pointer("/metadata/name").and_then(Value::as_str))
-        {
+        if let (Some(value), Some(timestamp), Some(name)) = (
+            total,
+            timestamp,
+            item.pointer("/metadata/name").and_then(Value::as_str),
+        ) {
             samples.insert(
                 name.to_string(),
                 Sample {

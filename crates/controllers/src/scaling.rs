@@ -335,7 +335,8 @@ pub fn normalize(
             current
         } else {
             let proposals = up.policies.iter().map(|p| {
-                let start = current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
+                let start =
+                    current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
                 if p.pods {
                     start + p.value
                 } else {
@@ -372,7 +373,8 @@ pub fn normalize(
             current
         } else {
             let proposals = down.policies.iter().map(|p| {
-                let start = current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
+                let start =
+                    current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
                 if p.pods {
                     start - p.value
                 } else {
@@ -452,18 +454,26 @@ mod tests {
     fn utilization_scales_by_the_ratio_beyond_the_tolerance() {
         let pods = [pod("a", 100)];
         let busy = HashMap::from([("a".to_string(), sample(200))]);
-        let p = replicas(1, Target::Utilization(50), "cpu", &pods, &busy, t(0)).unwrap();
-        assert_eq!(p, Proposal { replicas: 4, utilization: Some(200), average: 200 });
+        let p = replicas(1, Target::Utilization(50), "cpu", &pods, &busy, t(0)).expect("replicas");
+        assert_eq!(
+            p,
+            Proposal {
+                replicas: 4,
+                utilization: Some(200),
+                average: 200
+            }
+        );
         // 54% of a 50% target is within the tolerance
         let near = HashMap::from([("a".to_string(), sample(54))]);
-        let p = replicas(1, Target::Utilization(50), "cpu", &pods, &near, t(0)).unwrap();
+        let p = replicas(1, Target::Utilization(50), "cpu", &pods, &near, t(0)).expect("replicas");
         assert_eq!(p.replicas, 1);
         let pods = [pod("a", 100), pod("b", 100), pod("c", 100)];
         let idle: HashMap<String, Sample> =
             ["a", "b", "c"].map(|n| (n.to_string(), sample(1))).into();
-        let p = replicas(3, Target::Utilization(50), "cpu", &pods, &idle, t(0)).unwrap();
+        let p = replicas(3, Target::Utilization(50), "cpu", &pods, &idle, t(0)).expect("replicas");
         assert_eq!(p.replicas, 1);
-        let p = replicas(3, Target::AverageValue(500), "cpu", &pods, &idle, t(0)).unwrap();
+        let p =
+            replicas(3, Target::AverageValue(500), "cpu", &pods, &idle, t(0)).expect("replicas");
         assert_eq!((p.replicas, p.average), (1, 1));
     }
 
@@ -472,7 +482,7 @@ mod tests {
         // scaling down, a pod without metrics counts as using its whole request
         let pods = [pod("a", 100), pod("b", 100)];
         let one = HashMap::from([("a".to_string(), sample(10))]);
-        let p = replicas(2, Target::Utilization(50), "cpu", &pods, &one, t(0)).unwrap();
+        let p = replicas(2, Target::Utilization(50), "cpu", &pods, &one, t(0)).expect("replicas");
         assert_eq!(p.replicas, 2);
         // scaling up, an unready pod counts as using nothing
         let mut starting = pod("b", 100);
@@ -483,10 +493,10 @@ mod tests {
             ("a".to_string(), sample(300)),
             ("b".to_string(), sample(300)),
         ]);
-        let p = replicas(2, Target::Utilization(50), "cpu", &pods, &hot, t(0)).unwrap();
+        let p = replicas(2, Target::Utilization(50), "cpu", &pods, &hot, t(0)).expect("replicas");
         assert_eq!(p.replicas, 6);
         assert_eq!(
-            replicas(1, Target::Utilization(50), "cpu", &[], &hot, t(0)).unwrap_err(),
+            replicas(1, Target::Utilization(50), "cpu", &[], &hot, t(0)).expect_err("no pods"),
             "no pods returned by selector while calculating replica count"
         );
     }
@@ -498,7 +508,14 @@ mod tests {
         // up: at most max(1 + 4, 2 * 1) = 5 per 15 s; then the max bound
         let n = normalize(&mut h, &up, &down, (1, 10), 1, 9, t(0));
         assert_eq!(n.replicas, 5);
-        assert_eq!(n.limited, (true, "ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"));
+        assert_eq!(
+            n.limited,
+            (
+                true,
+                "ScaleUpLimit",
+                "the desired replica count is increasing faster than the maximum scale rate"
+            )
+        );
         record_change(&mut h, 1, 5, t(0));
         let n = normalize(&mut h, &up, &down, (1, 10), 5, 9, t(5));
         assert_eq!(n.replicas, 5, "the period's budget is spent");
@@ -508,7 +525,10 @@ mod tests {
         let n = normalize(&mut h, &up, &down, (1, 10), 5, 2, t(120));
         assert_eq!(n.replicas, 5);
         assert_eq!(n.stabilized.0, "ScaleDownStabilized");
-        let instant = Rules { stabilization_seconds: 0, ..Rules::default_down() };
+        let instant = Rules {
+            stabilization_seconds: 0,
+            ..Rules::default_down()
+        };
         let mut h = History::default();
         let n = normalize(&mut h, &up, &instant, (1, 10), 3, 0, t(0));
         assert_eq!((n.replicas, n.limited.1), (1, "TooFewReplicas"));

@@ -101,7 +101,10 @@ pub async fn serve(agent: Arc<Agent>, addr: SocketAddr, tls: Tls) -> anyhow::Res
             "/metrics/resource",
             get(|State(agent): State<Arc<Agent>>| async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     agent.stats.prometheus(),
                 )
             }),

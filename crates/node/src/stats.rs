@@ -46,7 +46,8 @@ impl Measured {
     }
 
     fn cpu(&self) -> Value {
-        let mut cpu = json!({"time": self.time, "usageCoreNanoSeconds": self.usage.cpu_nanoseconds});
+        let mut cpu =
+            json!({"time": self.time, "usageCoreNanoSeconds": self.usage.cpu_nanoseconds});
         if let Some(n) = self.nano_cores {
             cpu["usageNanoCores"] = json!(n);
         }
@@ -63,9 +64,7 @@ impl Measured {
 }
 
 fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// One pod's measurements.
@@ -130,8 +129,7 @@ impl Stats {
             if let Some(m) = Measured::take(&c.config.cgroup_path, previous)
                 && let Some(pod) = pods.get_mut(&uid)
             {
-                pod.containers
-                    .insert(name, (started.started_at.clone(), m));
+                pod.containers.insert(name, (started.started_at.clone(), m));
             }
         }
         latest.node = node;
@@ -174,23 +172,49 @@ impl Stats {
         let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let ms = |m: &Measured| {
-            chrono::Utc::now().timestamp_millis()
-                - m.at.elapsed().as_millis() as i64
+            chrono::Utc::now().timestamp_millis() - m.at.elapsed().as_millis() as i64
         };
         let seconds = |ns: u64| ns as f64 / 1e9;
-        let _ = writeln!(out, "# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n# TYPE node_cpu_usage_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n# TYPE node_cpu_usage_seconds_total counter"
+        );
         if let Some(m) = &latest.node {
-            let _ = writeln!(out, "node_cpu_usage_seconds_total {} {}", seconds(m.usage.cpu_nanoseconds), ms(m));
+            let _ = writeln!(
+                out,
+                "node_cpu_usage_seconds_total {} {}",
+                seconds(m.usage.cpu_nanoseconds),
+                ms(m)
+            );
         }
-        let _ = writeln!(out, "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge");
+        let _ = writeln!(
+            out,
+            "# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge"
+        );
         if let Some(m) = &latest.node {
-            let _ = writeln!(out, "node_memory_working_set_bytes {} {}", m.usage.working_set_bytes, ms(m));
+            let _ = writeln!(
+                out,
+                "node_memory_working_set_bytes {} {}",
+                m.usage.working_set_bytes,
+                ms(m)
+            );
         }
         for (metric, help, kind) in [
-            ("container_cpu_usage_seconds_total", "Cumulative cpu time consumed by the container in core-seconds", "counter"),
-            ("container_memory_working_set_bytes", "Current working set of the container in bytes", "gauge"),
+            (
+                "container_cpu_usage_seconds_total",
+                "Cumulative cpu time consumed by the container in core-seconds",
+                "counter",
+            ),
+            (
+                "container_memory_working_set_bytes",
+                "Current working set of the container in bytes",
+                "gauge",
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {metric} [STABLE] {help}\n# TYPE {metric} {kind}");
+            let _ = writeln!(
+                out,
+                "# HELP {metric} [STABLE] {help}\n# TYPE {metric} {kind}"
+            );
             for p in latest.pods.values() {
                 for (name, (_, m)) in &p.containers {
                     let value = if kind == "counter" {
@@ -209,10 +233,21 @@ impl Stats {
             }
         }
         for (metric, help, kind) in [
-            ("pod_cpu_usage_seconds_total", "Cumulative cpu time consumed by the pod in core-seconds", "counter"),
-            ("pod_memory_working_set_bytes", "Current working set of the pod in bytes", "gauge"),
+            (
+                "pod_cpu_usage_seconds_total",
+                "Cumulative cpu time consumed by the pod in core-seconds",
+                "counter",
+            ),
+            (
+                "pod_memory_working_set_bytes",
+                "Current working set of the pod in bytes",
+                "gauge",
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {metric} [STABLE] {help}\n# TYPE {metric} {kind}");
+            let _ = writeln!(
+                out,
+                "# HELP {metric} [STABLE] {help}\n# TYPE {metric} {kind}"
+            );
             for p in latest.pods.values() {
                 let value = if kind == "counter" {
                     seconds(p.pod.usage.cpu_nanoseconds).to_string()

@@ -26,8 +26,13 @@ pub fn usage(path: &str) -> Option<Usage> {
         std::fs::read_to_string(dir.join(file)).ok()
     };
     let stat = |text: &str, key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
     };
     let number = |text: String| text.trim().parse::<u64>().ok();
     let v1 = || {
