@@ -1,5 +1,5 @@
 //! Shared pieces of the benchmarks: a `bosun server` process on a temporary data dir, its
-//! memory, and percentiles.
+//! memory, percentiles, and the busybox image imported for node benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -129,4 +129,32 @@ pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
     let idx = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
     samples[idx.min(samples.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Builds the busybox image with the shared image builder (`$BOSUN_SHARED`, default
+/// `../shared`) and imports it into the node store of the data dir `dir`.
+pub fn import_busybox(dir: &Path) -> Result<()> {
+    let shared = std::env::var("BOSUN_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("../shared"));
+    let built = Command::new("python3")
+        .arg(shared.join("images/busybox_image.py"))
+        .arg(dir.join("archives"))
+        .output()?;
+    if !built.status.success() {
+        bail!("busybox_image.py failed (is ../shared there, and busybox-static installed?)");
+    }
+    let imported = Command::new(bosun_binary()?)
+        .args(["images", "--data-dir"])
+        .arg(dir)
+        .arg("import")
+        .arg(dir.join("archives/busybox-docker.tar"))
+        .output()?;
+    if !imported.status.success() {
+        bail!(
+            "import failed: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    }
+    Ok(())
 }

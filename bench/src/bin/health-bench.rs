@@ -5,12 +5,11 @@
 //! ≤ 200 ms). Run as root: `cargo build --release -p bosun -p bench &&
 //! ./target/release/health-bench` (needs ../shared/images/busybox_image.py and busybox-static).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use bench::{Server, bosun_binary, percentile_ms};
+use bench::{Server, percentile_ms};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -112,29 +111,8 @@ async fn delete_all(api: &Api<Pod>, data_dir: &std::path::Path) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let shared = std::env::var("BOSUN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("../shared"));
     let dir = tempfile::tempdir()?;
-    let built = Command::new("python3")
-        .arg(shared.join("images/busybox_image.py"))
-        .arg(dir.path().join("archives"))
-        .output()?;
-    if !built.status.success() {
-        bail!("busybox_image.py failed (is ../shared there, and busybox-static installed?)");
-    }
-    let imported = Command::new(bosun_binary()?)
-        .args(["images", "--data-dir"])
-        .arg(dir.path())
-        .arg("import")
-        .arg(dir.path().join("archives/busybox-docker.tar"))
-        .output()?;
-    if !imported.status.success() {
-        bail!(
-            "import failed: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-    }
+    bench::import_busybox(dir.path())?;
     let server = Server::start_in(dir, &["--node-name", NODE]).await?;
     let client = server.client().await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");

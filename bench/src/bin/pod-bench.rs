@@ -4,12 +4,10 @@
 //! Run as root: `cargo build --release -p bosun -p bench && ./target/release/pod-bench`
 //! (needs ../shared/images/busybox_image.py and busybox-static).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bench::{Server, bosun_binary, percentile_ms, pss_mib, rss_mib};
+use bench::{Server, percentile_ms, pss_mib, rss_mib};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
@@ -110,29 +108,8 @@ fn shim_pids(dir: &std::path::Path) -> Vec<u32> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let shared = std::env::var("BOSUN_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("../shared"));
     let dir = tempfile::tempdir()?;
-    let built = Command::new("python3")
-        .arg(shared.join("images/busybox_image.py"))
-        .arg(dir.path().join("archives"))
-        .output()?;
-    if !built.status.success() {
-        bail!("busybox_image.py failed (is ../shared there, and busybox-static installed?)");
-    }
-    let imported = Command::new(bosun_binary()?)
-        .args(["images", "--data-dir"])
-        .arg(dir.path())
-        .arg("import")
-        .arg(dir.path().join("archives/busybox-docker.tar"))
-        .output()?;
-    if !imported.status.success() {
-        bail!(
-            "import failed: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-    }
+    bench::import_busybox(dir.path())?;
 
     let control_plane = Server::start().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -118,13 +118,7 @@ fn stored_kinds() -> Vec<ApiResource> {
         .iter()
         .filter(|r| r.is_stored() && r.stored_as.is_none())
         .filter(|r| r.kind != "Event")
-        .map(|r| ApiResource {
-            group: r.group.to_string(),
-            version: r.version.to_string(),
-            api_version: r.api_version(),
-            kind: r.kind.to_string(),
-            plural: r.plural.to_string(),
-        })
+        .map(crate::api_resource)
         .collect()
 }
 

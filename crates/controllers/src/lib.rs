@@ -381,6 +381,17 @@ where
         .await
 }
 
+/// How kube's dynamic clients name a resource of the registry.
+pub(crate) fn api_resource(rt: &api::ResourceType) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: rt.group.into(),
+        version: rt.version.into(),
+        api_version: rt.api_version(),
+        kind: rt.kind.into(),
+        plural: rt.plural.into(),
+    }
+}
+
 /// Drives a controller's result stream, logging failures.
 pub(crate) async fn drive<S, T, E>(name: &'static str, stream: S)
 where

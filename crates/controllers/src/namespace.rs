@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 
@@ -25,13 +25,7 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
         .iter()
         .filter(|r| r.namespaced && r.is_stored() && r.stored_as.is_none())
     {
-        let ar = ApiResource {
-            group: rt.group.to_string(),
-            version: rt.version.to_string(),
-            api_version: rt.api_version(),
-            kind: rt.kind.to_string(),
-            plural: rt.plural.to_string(),
-        };
+        let ar = crate::api_resource(rt);
         let objects: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &name, &ar);
         let list = objects.list_metadata(&ListParams::default()).await?;
         if list.items.is_empty() {

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use serde_json::{Value, json};
 
@@ -351,13 +351,7 @@ fn scale_target(
     if !rt.has_subresource("scale") {
         return None;
     }
-    let resource = ApiResource {
-        group: rt.group.into(),
-        version: rt.version.into(),
-        api_version: rt.api_version(),
-        kind: rt.kind.into(),
-        plural: rt.plural.into(),
-    };
+    let resource = crate::api_resource(rt);
     Some(Api::namespaced_with(ctx.client.clone(), ns, &resource))
 }
 

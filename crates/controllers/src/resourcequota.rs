@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, ResourceQuotaStatus, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
@@ -127,21 +127,17 @@ async fn objects(ctx: &Context, ns: &str, group: &str, plural: &str) -> Result<V
             .filter_map(|s| serde_json::to_value(s.as_ref()).ok())
             .collect());
     }
-    let Some(rt) = api::registry()
-        .resources
-        .iter()
-        .find(|r| r.group == group && r.plural == plural && r.namespaced && r.is_stored())
-    else {
+    let Some(rt) = api::registry().resources.iter().find(|r| {
+        r.group == group
+            && r.plural == plural
+            && r.namespaced
+            && r.is_stored()
+            && r.stored_as.is_none()
+    }) else {
         // a kind this server does not serve has no objects
         return Ok(Vec::new());
     };
-    let resource = ApiResource {
-        group: rt.group.into(),
-        version: rt.version.into(),
-        api_version: rt.api_version(),
-        kind: rt.kind.into(),
-        plural: rt.plural.into(),
-    };
+    let resource = crate::api_resource(rt);
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
     let list = api.list(&ListParams::default()).await?;
     Ok(list
