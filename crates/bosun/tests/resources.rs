@@ -1,10 +1,17 @@
 //! Health and resources end to end: the shared scenarios of probes, requests and limits (OOM
-//! kills, QoS, LimitRange, ResourceQuota) and autoscaling (`kubectl top`, HPAs), and the
-//! resource metrics API as kubectl reads it.
+//! kills, QoS, LimitRange, ResourceQuota) and autoscaling (`kubectl top`, HPAs), grpc probes
+//! against a health server of the test's own, and the resource metrics API as kubectl reads it.
 
 mod common;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use common::Cluster;
+use http_body_util::StreamBody;
+use hyper::body::{Bytes, Frame};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[test]
 fn scenario_04_probes() {
@@ -93,5 +100,106 @@ spec:
     assert!(
         missing.contains(r#"podmetrics.metrics.k8s.io "default/none" not found"#),
         "{missing}"
+    );
+}
+
+/// A gRPC health server (`grpc.health.v1.Health/Check`) on every address of this machine,
+/// answering SERVING while `serving` holds and NOT_SERVING after; returns its port.
+fn grpc_health_server(serving: Arc<AtomicBool>) -> u16 {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        // HealthCheckResponse { status }, framed; then grpc-status 0
+                        let status = if serving.load(Ordering::SeqCst) { 1 } else { 2 };
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let frames = vec![
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![
+                                0, 0, 0, 0, 2, 0x08, status,
+                            ]))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let body = StreamBody::new(futures::stream::iter(frames));
+                        async move {
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn grpc_probes_check_health_and_restart_unhealthy_containers() {
+    let serving = Arc::new(AtomicBool::new(true));
+    let port = grpc_health_server(serving.clone());
+    let c = Cluster::start_node();
+    // on the node's network, so that the probe reaches the health server of this test
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: rpc}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    readinessProbe: {{grpc: {{port: {port}}}, periodSeconds: 1}}
+    livenessProbe: {{grpc: {{port: {port}}}, periodSeconds: 1, failureThreshold: 2}}
+"#
+    ));
+    assert!(
+        c.wait_for(60, || c.jp(
+            "pod/rpc",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ) == "True"),
+        "the pod never became Ready on a SERVING health check"
+    );
+    serving.store(false, Ordering::SeqCst);
+    assert!(
+        c.wait_for(60, || c
+            .jp("pod/rpc", "{.status.containerStatuses[0].restartCount}")
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 1)),
+        "a NOT_SERVING container was not restarted"
+    );
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=rpc",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains(
+            r#"Unhealthy: Liveness probe failed: service unhealthy (responded with "NOT_SERVING")"#
+        ),
+        "{events}"
+    );
+    assert!(
+        events.contains("Killing: Container app failed liveness probe, will be restarted"),
+        "{events}"
     );
 }

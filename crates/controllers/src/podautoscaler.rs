@@ -88,6 +88,13 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, a: Arc<Autoscaler>) -> Res
     memory
         .synced
         .insert(key, (Instant::now(), hpa.metadata.generation));
+    // what is kept of deleted autoscalers goes
+    let exists = |key: &String| {
+        key.split_once('/')
+            .is_some_and(|(ns, name)| a.ctx.informers.autoscalers.get(Some(ns), name).is_some())
+    };
+    memory.synced.retain(|k, _| exists(k));
+    memory.history.retain(|k, _| exists(k));
     outcome.map(|()| Action::requeue(SYNC))
 }
 

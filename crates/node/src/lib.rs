@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod cache;
 pub mod events;
 pub mod exec;
+pub mod grpc;
 pub mod handler;
 pub mod images;
 pub mod join;

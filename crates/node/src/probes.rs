@@ -1,5 +1,6 @@
 //! Probes, as kubelet's prober runs them: each running container's startup, readiness and
-//! liveness probes (httpGet over HTTP or HTTPS, tcpSocket, exec) run on their own schedule (initialDelaySeconds,
+//! liveness probes (httpGet over HTTP or HTTPS, tcpSocket, exec, grpc via [`crate::grpc`]) run
+//! on their own schedule (initialDelaySeconds,
 //! periodSeconds, timeoutSeconds) and turn into an outcome once successThreshold successes or
 //! failureThreshold failures are seen in a row. Every failed attempt is an `Unhealthy` event
 //! worded as upstream ("Liveness probe failed: HTTP probe failed with statuscode: 503").
@@ -7,9 +8,6 @@
 //! Readiness and liveness wait for the startup probe to succeed. The pod's worker reads the
 //! outcomes at each sync: readiness makes the container ready, a failed liveness or startup
 //! probe gets the container killed and restarted under the pod's restart policy.
-//!
-//! Not yet: grpc probes; they are not run, and count as succeeding rather than killing
-//! containers they cannot judge.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -245,6 +243,10 @@ async fn attempt(
     if let Some(e) = &probe.exec {
         return handler::exec(agent, id, e, timeout).await;
     }
-    // grpc probes are not run yet; they do not fail the container.
+    if let Some(g) = &probe.grpc {
+        let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
+        let service = g.service.as_deref().unwrap_or("");
+        return crate::grpc::check(ip, port, service, timeout).await;
+    }
     Ok(())
 }
