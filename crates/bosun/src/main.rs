@@ -238,6 +238,10 @@ struct AgentArgs {
     /// A registry (`host[:port]`) to pull from over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The hard eviction threshold, as kubelet's: while less memory is available, the node
+    /// reports MemoryPressure and evicts pods.
+    #[arg(long, default_value = "memory.available<100Mi", value_parser = node::eviction::parse_hard)]
+    eviction_hard: u64,
 }
 
 #[derive(clap::Args)]
@@ -491,6 +495,7 @@ fn new_agent(
             insecure_registries: args.insecure_registries,
             cluster_dns,
             cluster_domain: "cluster.local".into(),
+            eviction_memory_available: args.eviction_hard,
         },
         client,
     )

@@ -203,3 +203,96 @@ spec:
         "{events}"
     );
 }
+
+/// The node's available memory as kubelet's eviction signal reads it: capacity less the
+/// working set of the root memory cgroup, in MiB.
+fn memory_available_mib() -> u64 {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let total = field(&read("/proc/meminfo"), "MemTotal:") * 1024;
+    let usage: u64 = read("/sys/fs/cgroup/memory/memory.usage_in_bytes")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let inactive = field(
+        &read("/sys/fs/cgroup/memory/memory.stat"),
+        "total_inactive_file ",
+    );
+    (total - usage.saturating_sub(inactive)) >> 20
+}
+
+#[test]
+fn a_node_low_on_memory_evicts_the_pod_over_its_request() {
+    // a threshold 700 MiB below what is available now: a pod holding 1400 MiB crosses it
+    let threshold = memory_available_mib().saturating_sub(700);
+    let c = Cluster::start_node_with(&[
+        "--eviction-hard",
+        &format!("memory.available<{threshold}Mi"),
+    ]);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: calm}
+spec:
+  containers:
+  - {name: c, image: busybox:1.36, command: ["sleep", "3600"], resources: {requests: {memory: 64Mi}}}
+"#,
+    );
+    c.ok(&["wait", "--for=condition=Ready", "pod/calm", "--timeout=60s"]);
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  containers:
+  - {name: hog, image: busybox:1.36, command: ["sh", "-c", "dd if=/dev/zero bs=1400M count=1 | sleep 3600"]}
+"#,
+    );
+    assert!(
+        c.wait_for(90, || c.jp("pod/hog", "{.status.reason}") == "Evicted"),
+        "the hog was not evicted: {}",
+        c.ok(&["get", "pod", "hog", "-o", "yaml"])
+    );
+    assert_eq!(c.jp("pod/hog", "{.status.phase}"), "Failed");
+    let message = c.jp("pod/hog", "{.status.message}");
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: memory. Threshold quantity: {threshold}Mi, available: "
+        )) && message.contains("Container hog was using ")
+            && message.ends_with("request is 0, has larger consumption of memory."),
+        "{message}"
+    );
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hog,reason=Evicted",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("The node was low on resource: memory."),
+        "{events}"
+    );
+    // the pod within its request stays
+    assert_eq!(c.jp("pod/calm", "{.status.phase}"), "Running");
+    assert_eq!(
+        c.jp(
+            "pod/hog",
+            "{.status.conditions[?(@.type==\"DisruptionTarget\")].reason}"
+        ),
+        "TerminationByKubelet"
+    );
+}

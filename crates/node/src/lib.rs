@@ -7,7 +7,8 @@
 //! spec as Kubernetes defines it ([`process`]) from images pulled as their policy says
 //! ([`images`]); [`handler`] runs their lifecycle hooks. The node API ([`server`]) serves their logs
 //! ([`logs`]), runs commands in them ([`exec`]), attaches to them ([`attach`]) and forwards ports to them ([`portforward`],
-//! over [`spdy`]) for the API server, and what they use ([`stats`]). [`proxy`] keeps the node's Service rules in step with
+//! over [`spdy`]) for the API server, and what they use ([`stats`]); under memory pressure
+//! it evicts pods ([`eviction`]). [`proxy`] keeps the node's Service rules in step with
 //! Services and their endpoints, [`policy`] its pods' NetworkPolicy rules with the policies.
 //!
 //! On a machine other than the server's, [`join`] gets the agent its credentials from a join
@@ -20,6 +21,7 @@ pub mod attach;
 pub mod backoff;
 pub mod cache;
 pub mod events;
+pub mod eviction;
 pub mod exec;
 pub mod grpc;
 pub mod handler;
@@ -81,6 +83,8 @@ pub struct Config {
     pub cluster_dns: std::net::Ipv4Addr,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// The hard eviction threshold of available memory, in bytes (`--eviction-hard`).
+    pub eviction_memory_available: u64,
 }
 
 /// The agent: what every part of it shares.
@@ -109,6 +113,8 @@ pub struct Agent {
     pub caches: cache::Caches,
     /// What the node, its pods and containers use.
     pub stats: stats::Stats,
+    /// The pods evicted for node pressure, by uid, with why.
+    pub evictions: Mutex<HashMap<String, String>>,
 }
 
 impl Agent {
@@ -133,6 +139,7 @@ impl Agent {
             pods: Mutex::new(HashMap::new()),
             pulls: tokio::sync::Mutex::new(()),
             stats: stats::Stats::default(),
+            evictions: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -183,6 +190,7 @@ impl Agent {
             }
             r = api => r,
             () = stats::run(self.clone()) => anyhow::bail!("the measuring of usage stopped"),
+            () = eviction::run(self.clone()) => anyhow::bail!("the eviction manager stopped"),
         }
     }
 }

@@ -72,11 +72,12 @@ pub(crate) fn memory_bytes() -> u64 {
         * 1024
 }
 
-/// What the node has left, against kubelet's default hard eviction thresholds
-/// (`memory.available<100Mi`, `nodefs.available<10%`, `pid.available<10%`).
+/// What the node has left, against kubelet's hard eviction thresholds (memory's from
+/// `--eviction-hard`, `nodefs.available<10%`, `pid.available<10%`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pressure {
-    /// Memory available, in bytes.
+    /// Memory available, in bytes: as kubelet's signal, the capacity less the working set of
+    /// the whole machine's cgroup.
     pub memory_available: u64,
     /// The share of the data dir's filesystem still free, 0 to 1.
     pub disk_free: f64,
@@ -87,15 +88,9 @@ pub struct Pressure {
 impl Pressure {
     /// Reads the node's figures now.
     pub fn now(data_dir: &std::path::Path) -> Self {
-        let memory_available = read("/proc/meminfo")
-            .and_then(|t| {
-                t.lines().find_map(|l| {
-                    l.strip_prefix("MemAvailable:")
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-            })
-            .unwrap_or(u64::MAX / 1024)
-            * 1024;
+        let memory_available = runtime::cgroups::usage("/")
+            .map(|u| memory_bytes().saturating_sub(u.working_set_bytes))
+            .unwrap_or(u64::MAX);
         let disk_free = nix::sys::statvfs::statvfs(data_dir)
             .ok()
             .filter(|s| s.blocks() > 0)
@@ -127,9 +122,10 @@ pub fn keep_transition_times(now: Option<&mut Vec<NodeCondition>>, before: &[Nod
     }
 }
 
-/// The node's pressure conditions and Ready, as kubelet words them.
-pub fn pressure_conditions(p: &Pressure) -> Vec<NodeCondition> {
-    let memory = p.memory_available < 100 << 20;
+/// The node's pressure conditions and Ready, as kubelet words them; memory is short below
+/// `memory_threshold` bytes.
+pub fn pressure_conditions(p: &Pressure, memory_threshold: u64) -> Vec<NodeCondition> {
+    let memory = p.memory_available < memory_threshold;
     let disk = p.disk_free < 0.10;
     let pids = p.pids_free < 0.10;
     vec![
@@ -314,7 +310,10 @@ impl Agent {
             capacity: Some(capacity),
             allocatable: Some(allocatable),
             addresses: Some(addresses),
-            conditions: Some(pressure_conditions(&Pressure::now(&self.config.data_dir))),
+            conditions: Some(pressure_conditions(
+                &Pressure::now(&self.config.data_dir),
+                self.config.eviction_memory_available,
+            )),
             daemon_endpoints: Some(NodeDaemonEndpoints {
                 kubelet_endpoint: Some(DaemonEndpoint {
                     port: i32::from(self.config.api_addr.port()),
@@ -499,7 +498,7 @@ mod tests {
             pids_free: 0.9,
         };
         let status = |p: &Pressure, kind: &str| {
-            pressure_conditions(p)
+            pressure_conditions(p, 100 << 20)
                 .into_iter()
                 .find(|c| c.type_ == kind)
                 .map(|c| c.status)
@@ -525,15 +524,18 @@ mod tests {
             disk_free: 0.5,
             pids_free: 0.9,
         };
-        let mut before = pressure_conditions(&fine);
+        let mut before = pressure_conditions(&fine, 100 << 20);
         let long_ago = crate::status::time(Utc::now() - chrono::Duration::hours(1));
         for c in &mut before {
             c.last_transition_time = Some(long_ago.clone());
         }
-        let mut now = pressure_conditions(&Pressure {
-            disk_free: 0.01,
-            ..fine
-        });
+        let mut now = pressure_conditions(
+            &Pressure {
+                disk_free: 0.01,
+                ..fine
+            },
+            100 << 20,
+        );
         keep_transition_times(Some(&mut now), &before);
         let time_of = |kind: &str| {
             now.iter()

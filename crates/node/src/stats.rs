@@ -267,6 +267,25 @@ impl Stats {
     }
 }
 
+impl Stats {
+    /// The working set of each pod last measured and of its containers, by pod uid.
+    pub fn memory_by_pod(&self) -> crate::eviction::PodMemory {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .pods
+            .iter()
+            .map(|(uid, p)| {
+                let containers = p
+                    .containers
+                    .iter()
+                    .map(|(name, (_, m))| (name.clone(), m.usage.working_set_bytes))
+                    .collect();
+                (uid.clone(), (p.pod.usage.working_set_bytes, containers))
+            })
+            .collect()
+    }
+}
+
 /// Measures every [`INTERVAL`] until the agent stops.
 pub async fn run(agent: std::sync::Arc<Agent>) {
     let mut tick = tokio::time::interval(INTERVAL);

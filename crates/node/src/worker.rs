@@ -203,6 +203,11 @@ pub async fn run(
         let next = match pod {
             None => {
                 w.teardown(Duration::ZERO).await;
+                w.agent
+                    .evictions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&w.uid);
                 return;
             }
             Some(pod) => match w.sync(&pod).await {
@@ -293,6 +298,19 @@ impl Worker {
             };
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        let evicted = self
+            .agent
+            .evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.uid)
+            .cloned();
+        if let Some(message) = evicted
+            && phase.as_deref() != Some("Failed")
+        {
+            self.evict(pod, &message).await?;
+            return Ok(Duration::from_secs(60));
+        }
         if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
             // A pod that has ended stays as it is until it is deleted.
             return Ok(Duration::from_secs(60));
@@ -399,6 +417,40 @@ impl Worker {
         } else {
             Duration::from_millis(500)
         })
+    }
+
+    /// Evicts the pod for node pressure, as kubelet's eviction manager does: its containers
+    /// are killed at once and it fails with reason `Evicted`.
+    async fn evict(&mut self, pod: &Pod, message: &str) -> anyhow::Result<()> {
+        self.agent
+            .events
+            .record(pod, None, Kind::Warning, "Evicted", message);
+        self.stop_all(pod, Duration::ZERO).await;
+        let observed = self.observe().await;
+        self.report(pod, &observed, false).await;
+        let api: Api<Pod> = Api::namespaced(
+            self.agent.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let status = serde_json::json!({"status": {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": message,
+            "conditions": [{
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "TerminationByKubelet",
+                "message": message,
+                "lastTransitionTime": crate::status::time(Utc::now()),
+            }],
+        }});
+        api.patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Strategic(&status),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Refuses to run the pod, as kubelet's admission does: the pod fails with `reason`.
