@@ -37,9 +37,12 @@ const WINDOW: &str = "10s";
 /// How long a node has to answer.
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether a request is for the metrics API.
-pub fn is_metrics(info: &RequestInfo) -> bool {
-    info.group == GROUP
+/// Whether a path is under the metrics API (looked at before a request is parsed, so that
+/// other requests pay nothing for it).
+pub fn is_metrics_path(path: &str) -> bool {
+    path.strip_prefix("/apis/")
+        .and_then(|rest| rest.strip_prefix(GROUP))
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Serves a request for the metrics API.

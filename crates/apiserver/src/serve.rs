@@ -506,11 +506,14 @@ async fn serve_as(
             _ => {}
         }
     }
-    let query = crate::request::query_map(parts.uri.query());
-    if let Some(info) =
-        crate::request::parse(&parts.method, &path, &query).filter(crate::metrics::is_metrics)
-    {
-        return crate::metrics::serve(&state, &user, &parts.method, &path, info, &query).await;
+    if crate::metrics::is_metrics_path(&path) {
+        let query = crate::request::query_map(parts.uri.query());
+        return match crate::request::parse(&parts.method, &path, &query) {
+            Some(info) => {
+                crate::metrics::serve(&state, &user, &parts.method, &path, info, &query).await
+            }
+            None => ApiError::no_route(&path).into_response(),
+        };
     }
     if let Some(target) = crate::node_proxy::target(&parts.method, &path) {
         return crate::node_proxy::proxy(&state, &user, parts, target).await;

@@ -331,25 +331,7 @@ pub fn normalize(
         "the desired count is within the acceptable range",
     );
     let (replicas, reason, message) = if stabilized_count > current {
-        let mut limit = if up.select == "Disabled" {
-            current
-        } else {
-            let proposals = up.policies.iter().map(|p| {
-                let start =
-                    current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
-                if p.pods {
-                    start + p.value
-                } else {
-                    (start as f64 * (1.0 + p.value as f64 / 100.0)).ceil() as i32
-                }
-            });
-            if up.select == "Min" {
-                proposals.min().unwrap_or(i32::MAX)
-            } else {
-                proposals.max().unwrap_or(i32::MIN)
-            }
-        };
-        limit = limit.max(current);
+        let limit = rate_limit(up, current, &changed, true).max(current);
         let (allowed, reason, message) = if max > limit {
             (
                 limit,
@@ -369,25 +351,7 @@ pub fn normalize(
             (stabilized_count, within.0, within.1)
         }
     } else if stabilized_count < current {
-        let mut limit = if down.select == "Disabled" {
-            current
-        } else {
-            let proposals = down.policies.iter().map(|p| {
-                let start =
-                    current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
-                if p.pods {
-                    start - p.value
-                } else {
-                    (start as f64 * (1.0 - p.value as f64 / 100.0)) as i32
-                }
-            });
-            if down.select == "Min" {
-                proposals.max().unwrap_or(i32::MIN)
-            } else {
-                proposals.min().unwrap_or(i32::MAX)
-            }
-        };
-        limit = limit.min(current);
+        let limit = rate_limit(down, current, &changed, false).min(current);
         let (allowed, reason, message) = if min < limit {
             (
                 limit,
@@ -413,6 +377,36 @@ pub fn normalize(
         replicas,
         stabilized,
         limited: (replicas != stabilized_count, reason, message),
+    }
+}
+
+/// How far one direction's policies let the count go now, as upstream's
+/// `calculateScaleUpLimitWithScalingRules` and `calculateScaleDownLimitWithBehaviors`: each
+/// policy counts from the replicas at the start of its period (`changed(period, growing)` is
+/// what was added or removed since), and `Max` takes the largest change, `Min` the smallest.
+fn rate_limit(
+    rules: &Rules,
+    current: i32,
+    changed: &dyn Fn(i32, bool) -> i32,
+    growing: bool,
+) -> i32 {
+    if rules.select == "Disabled" {
+        return current;
+    }
+    let proposals = rules.policies.iter().map(|p| {
+        let start = current - changed(p.period_seconds, true) + changed(p.period_seconds, false);
+        match (p.pods, growing) {
+            (true, true) => start + p.value,
+            (true, false) => start - p.value,
+            (false, true) => (start as f64 * (1.0 + p.value as f64 / 100.0)).ceil() as i32,
+            (false, false) => (start as f64 * (1.0 - p.value as f64 / 100.0)) as i32,
+        }
+    });
+    // the largest change is the highest count going up and the lowest going down
+    if (rules.select != "Min") == growing {
+        proposals.max().unwrap_or(i32::MIN)
+    } else {
+        proposals.min().unwrap_or(i32::MAX)
     }
 }
 

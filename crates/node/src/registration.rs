@@ -88,8 +88,20 @@ pub struct Pressure {
 impl Pressure {
     /// Reads the node's figures now.
     pub fn now(data_dir: &std::path::Path) -> Self {
+        // a pure cgroup v2 machine has no usage at its root: the kernel's estimate stands in
         let memory_available = runtime::cgroups::usage("/")
             .map(|u| memory_bytes().saturating_sub(u.working_set_bytes))
+            .or_else(|| {
+                read("/proc/meminfo")?.lines().find_map(|l| {
+                    l.strip_prefix("MemAvailable:")?
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .map(|kb| kb * 1024)
+                })
+            })
             .unwrap_or(u64::MAX);
         let disk_free = nix::sys::statvfs::statvfs(data_dir)
             .ok()
