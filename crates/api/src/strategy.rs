@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Value, json};
 
-use crate::meta;
 use crate::registry::ResourceType;
 use crate::selector::LabelSelector;
 use crate::validation::{self, ErrorList, FieldError};
+use crate::{meta, quantity};
 
 pub mod csr;
 
@@ -216,6 +216,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> ErrorList {
         ),
         ("certificates.k8s.io", "CertificateSigningRequest") => csr::validate(obj, &mut errs),
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, &mut errs),
+        ("", "LimitRange") => limit_range(obj, &mut errs),
         ("batch", "CronJob") => {
             let schedule = obj
                 .get("spec")
@@ -271,6 +272,142 @@ fn priority_class(obj: &Value, errs: &mut ErrorList) {
             json!(p),
             &["Never", "PreemptLowerPriority"],
         ));
+    }
+}
+
+/// A LimitRange, as upstream validates one: one item per type; a Pod item has no defaults; a
+/// PersistentVolumeClaim item bounds storage; and per resource min ≤ defaultRequest ≤ default ≤
+/// max, with a limit-to-request ratio of at least 1 that max/min can reach.
+fn limit_range(obj: &Value, errs: &mut ErrorList) {
+    let items = obj.pointer("/spec/limits").and_then(Value::as_array);
+    let mut types = std::collections::HashSet::new();
+    for (i, item) in items.into_iter().flatten().enumerate() {
+        let at = format!("spec.limits[{i}]");
+        let kind = item.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind.is_empty() {
+            errs.push(FieldError::required(format!("{at}.type"), ""));
+        } else if !types.insert(kind) {
+            errs.push(FieldError::duplicate(format!("{at}.type"), json!(kind)));
+        }
+        let bound = |key: &str| -> std::collections::BTreeMap<&str, (f64, &Value)> {
+            item.get(key)
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let q = quantity::parse(v.as_str()?).ok().or_else(|| v.as_f64())?;
+                    Some((k.as_str(), (q, v)))
+                })
+                .collect()
+        };
+        let (min, max, limit, request, ratio) = (
+            bound("min"),
+            bound("max"),
+            bound("default"),
+            bound("defaultRequest"),
+            bound("maxLimitRequestRatio"),
+        );
+        if kind == "Pod" {
+            for key in ["default", "defaultRequest"] {
+                if item
+                    .get(key)
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty())
+                {
+                    errs.push(FieldError::forbidden(
+                        format!("{at}.{key}"),
+                        "may not be specified when `type` is 'Pod'",
+                    ));
+                }
+            }
+        }
+        if kind == "PersistentVolumeClaim"
+            && !min.contains_key("storage")
+            && !max.contains_key("storage")
+        {
+            errs.push(FieldError::required(
+                format!("{at}.limits"),
+                "either minimum or maximum storage value is required, but neither was provided",
+            ));
+        }
+        let text = |v: &Value| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        };
+        // (the lower bound and its words, the higher and its words, the field blamed)
+        let pairs = [
+            (&min, "min value", &max, "max value", "min"),
+            (
+                &min,
+                "min value",
+                &request,
+                "default request value",
+                "defaultRequest",
+            ),
+            (
+                &request,
+                "default request value",
+                &max,
+                "max value",
+                "defaultRequest",
+            ),
+            (
+                &request,
+                "default request value",
+                &limit,
+                "default limit value",
+                "defaultRequest",
+            ),
+            (&min, "min value", &limit, "default value", "default"),
+            (&limit, "default value", &max, "max value", "default"),
+        ];
+        for (low, low_word, high, high_word, blamed) in pairs {
+            for (k, (lq, lv)) in low {
+                let Some((hq, hv)) = high.get(k) else {
+                    continue;
+                };
+                if lq > hq {
+                    // upstream shows the blamed field's own value
+                    let shown = if std::ptr::eq(low, &min) && blamed != "min" {
+                        hv
+                    } else {
+                        lv
+                    };
+                    errs.push(FieldError::invalid(
+                        format!("{at}.{blamed}[{k}]"),
+                        (*shown).clone(),
+                        format!(
+                            "{low_word} {} is greater than {high_word} {}",
+                            text(lv),
+                            text(hv)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (k, (rq, rv)) in &ratio {
+            if *rq < 1.0 {
+                errs.push(FieldError::invalid(
+                    format!("{at}.maxLimitRequestRatio[{k}]"),
+                    (*rv).clone(),
+                    format!("ratio {} is less than 1", text(rv)),
+                ));
+            } else if let (Some((lo, _)), Some((hi, _))) = (min.get(k), max.get(k))
+                && *lo > 0.0
+                && *rq > hi / lo
+            {
+                errs.push(FieldError::invalid(
+                    format!("{at}.maxLimitRequestRatio[{k}]"),
+                    (*rv).clone(),
+                    format!(
+                        "ratio {} is greater than max/min = {:.6}",
+                        text(rv),
+                        hi / lo
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -726,6 +863,55 @@ mod tests {
             errs[0]
                 .to_string()
                 .contains("`selector` does not match template `labels`")
+        );
+    }
+
+    #[test]
+    fn limit_ranges_keep_their_bounds_in_order() {
+        let rt = registry().by_kind("v1", "LimitRange").expect("limitrange");
+        let lr = |limits: Value| json!({"metadata": {"name": "l"}, "spec": {"limits": limits}});
+        let messages = |limits: Value| -> Vec<String> {
+            validate(rt, &lr(limits))
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        assert!(
+            messages(json!([
+                {"type": "Container", "min": {"cpu": "100m"}, "max": {"cpu": "2"},
+                 "default": {"cpu": "1"}, "defaultRequest": {"cpu": "500m"},
+                 "maxLimitRequestRatio": {"cpu": "4"}},
+                {"type": "PersistentVolumeClaim", "max": {"storage": "2Gi"}}
+            ]))
+            .is_empty()
+        );
+        let errs = messages(json!([
+            {"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}},
+            {"type": "Container", "default": {"memory": "1Gi"}, "max": {"memory": "512Mi"}},
+            {"type": "Pod", "default": {"cpu": "1"}, "maxLimitRequestRatio": {"cpu": "0.5"}},
+            {"type": "PersistentVolumeClaim", "min": {"cpu": "1"}}
+        ]));
+        assert_eq!(errs.len(), 6, "{errs:?}");
+        let has = |part: &str| errs.iter().any(|e| e.contains(part));
+        assert!(
+            has(
+                "spec.limits[0].min[cpu]: Invalid value: \"2\": min value 2 is greater than max value 1"
+            ),
+            "{errs:?}"
+        );
+        assert!(has("spec.limits[1].type: Duplicate value"), "{errs:?}");
+        assert!(
+            has("default value 1Gi is greater than max value 512Mi"),
+            "{errs:?}"
+        );
+        assert!(
+            has("spec.limits[2].default: Forbidden: may not be specified when `type` is 'Pod'"),
+            "{errs:?}"
+        );
+        assert!(has("ratio 0.5 is less than 1"), "{errs:?}");
+        assert!(
+            has("either minimum or maximum storage value is required"),
+            "{errs:?}"
         );
     }
 }

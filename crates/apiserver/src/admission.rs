@@ -4,7 +4,7 @@
 //! unless told, and mount its token unless automounting is off),
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
-//! the global default one), LimitRanger (`crate::limit_range`), PodSecurity
+//! the global default one), LimitRanger (`crate::limit_range`, pods and claims), PodSecurity
 //! (`crate::pod_security`, on create and update), and the certificates plugins
 //! (`crate::certificates`). ResourceQuota (`crate::resource_quota`) runs last, after
 //! validation, as upstream's validating plugin.
@@ -48,6 +48,9 @@ pub async fn admit_create(
         priority(state, obj).await?;
         crate::limit_range::admit_pod(state, obj).await?;
     }
+    if rt.group.is_empty() && rt.kind == "PersistentVolumeClaim" {
+        crate::limit_range::admit_claim(state, obj).await?;
+    }
     Ok(match &namespace {
         Some(ns) => pod_security(rt, ns, obj)?,
         None => Vec::new(),
@@ -61,6 +64,12 @@ pub async fn admit_update(
     current: &Value,
     new: &Value,
 ) -> Result<Vec<String>> {
+    if rt.group.is_empty()
+        && rt.kind == "PersistentVolumeClaim"
+        && current.pointer("/spec/resources") != new.pointer("/spec/resources")
+    {
+        crate::limit_range::admit_claim(state, new).await?;
+    }
     if !(rt.group.is_empty() && rt.kind == "Namespace") {
         // a workload's pod template is checked again when it changes (a pod's spec changes
         // only where it is mutable, its images, which are not checked)

@@ -1,7 +1,8 @@
 //! The LimitRanger admission plugin: the LimitRanges of a pod's namespace fill in the requests
 //! and limits its containers leave out (`default`, `defaultRequest`), and refuse a pod whose
 //! containers, or whole, go below `min`, above `max`, or past `maxLimitRequestRatio`, with
-//! upstream's messages ("maximum cpu usage per Container is 2, but limit is 3").
+//! upstream's messages ("maximum cpu usage per Container is 2, but limit is 3"). Items of type
+//! PersistentVolumeClaim bound the storage a claim requests, on create and on resize.
 
 use serde_json::{Map, Value, json};
 
@@ -12,21 +13,79 @@ use crate::status::{ApiError, Result};
 
 const CONTAINER_LISTS: [&str; 2] = ["initContainers", "containers"];
 
-/// Applies the namespace's LimitRanges to a pod being created.
-pub async fn admit_pod(state: &State, pod: &mut Value) -> Result<()> {
+/// The items of the LimitRanges in a namespace.
+async fn items_in(state: &State, ns: &str) -> Result<Vec<Value>> {
     let rt = registry()
         .find("", "v1", "limitranges")
         .ok_or_else(|| ApiError::internal("limitranges are not registered"))?;
-    let ns = meta::namespace(pod).to_string();
-    let ranges = state.storage.list_in(rt, &ns).await?;
-    if ranges.is_empty() {
+    Ok(state
+        .storage
+        .list_in(rt, ns)
+        .await?
+        .into_iter()
+        .flat_map(
+            |mut r| match r.pointer_mut("/spec/limits").map(Value::take) {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+        )
+        .collect())
+}
+
+/// Checks a PersistentVolumeClaim being created or resized against the namespace's
+/// PersistentVolumeClaim items: its storage request must lie within their min and max.
+pub async fn admit_claim(state: &State, claim: &Value) -> Result<()> {
+    let items = items_in(state, meta::namespace(claim)).await?;
+    let requests = claim
+        .pointer("/spec/resources/requests")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    for item in items.iter().filter(|i| kind(i) == CLAIM) {
+        check_claim(item, &requests, &mut errors);
+    }
+    refuse("persistentvolumeclaims", claim, errors)
+}
+
+const CLAIM: &str = "PersistentVolumeClaim";
+
+/// Upstream bounds a claim's requests both ways: a claim's limits are not its user's input.
+fn check_claim(item: &Value, requests: &Map<String, Value>, errors: &mut Vec<String>) {
+    for (bound, word) in [("min", "minimum"), ("max", "maximum")] {
+        for (r, b) in item
+            .get(bound)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            match requests.get(r) {
+                None => errors.push(format!(
+                    "{word} {r} usage per {CLAIM} is {}.  No request is specified",
+                    text(b)
+                )),
+                Some(req)
+                    if (bound == "min" && number(req) < number(b))
+                        || (bound == "max" && number(req) > number(b)) =>
+                {
+                    errors.push(format!(
+                        "{word} {r} usage per {CLAIM} is {}, but request is {}",
+                        text(b),
+                        text(req)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// Applies the namespace's LimitRanges to a pod being created.
+pub async fn admit_pod(state: &State, pod: &mut Value) -> Result<()> {
+    let items = items_in(state, meta::namespace(pod)).await?;
+    if items.is_empty() {
         return Ok(());
     }
-    let items: Vec<&Value> = ranges
-        .iter()
-        .flat_map(|r| r.pointer("/spec/limits").and_then(Value::as_array))
-        .flatten()
-        .collect();
     let mut set = Vec::new();
     for item in items.iter().filter(|i| kind(i) == "Container") {
         set.extend(apply_defaults(pod, item));
@@ -60,15 +119,20 @@ pub async fn admit_pod(state: &State, pod: &mut Value) -> Result<()> {
             _ => {}
         }
     }
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(forbidden(pod, &errors[0])),
-        _ => Err(forbidden(pod, &format!("[{}]", errors.join(", ")))),
-    }
+    refuse("pods", pod, errors)
 }
 
-fn forbidden(pod: &Value, why: &str) -> ApiError {
-    ApiError::forbidden(format!("pods \"{}\" is forbidden: {why}", meta::name(pod)))
+/// Upstream's Forbidden for what broke a limit: one message, or several in brackets.
+fn refuse(plural: &str, obj: &Value, errors: Vec<String>) -> Result<()> {
+    let why = match errors.len() {
+        0 => return Ok(()),
+        1 => errors[0].clone(),
+        _ => format!("[{}]", errors.join(", ")),
+    };
+    Err(ApiError::forbidden(format!(
+        "{plural} \"{}\" is forbidden: {why}",
+        meta::name(obj)
+    )))
 }
 
 fn kind(item: &Value) -> &str {
@@ -297,6 +361,28 @@ mod tests {
                 "minimum cpu usage per Container is 100m, but request is 50m",
                 "maximum memory usage per Container is 1Gi.  No limit is specified",
                 "cpu max limit to request ratio per Container is 4, but provided ratio is 20.000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn claims_are_bounded_by_their_storage_request() {
+        let item = json!({"type": "PersistentVolumeClaim",
+                          "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}});
+        let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let mut errors = Vec::new();
+        check_claim(&item, &obj(json!({"storage": "1500Mi"})), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        check_claim(&item, &obj(json!({"storage": "10Gi"})), &mut errors);
+        check_claim(&item, &obj(json!({"storage": "500Mi"})), &mut errors);
+        check_claim(&item, &obj(json!({})), &mut errors);
+        assert_eq!(
+            errors,
+            [
+                "maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 10Gi",
+                "minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi",
+                "minimum storage usage per PersistentVolumeClaim is 1Gi.  No request is specified",
+                "maximum storage usage per PersistentVolumeClaim is 2Gi.  No request is specified",
             ]
         );
     }

@@ -354,6 +354,54 @@ spec:
         ),
         "200m"
     );
+    // claims are held to a PersistentVolumeClaim item's storage bounds, also when resized
+    c.apply(
+        r#"
+apiVersion: v1
+kind: LimitRange
+metadata: {name: storagelimits}
+spec:
+  limits:
+  - type: PersistentVolumeClaim
+    max: {storage: 2Gi}
+    min: {storage: 1Gi}
+"#,
+    );
+    let claim = |name: &str, size: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\n\
+             spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: {size}}}}}}}\n"
+        )
+    };
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &claim("big", "10Gi"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("persistentvolumeclaims \"big\" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 10Gi"),
+        "{err}"
+    );
+    c.apply(&claim("fits", "1Gi"));
+    let out = c.fails(&[
+        "patch",
+        "pvc/fits",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"5Gi"}}}}"#,
+    ]);
+    assert!(out.contains("maximum storage usage"), "{out}");
+    assert_eq!(
+        c.jp("pvc/fits", "{.spec.resources.requests.storage}"),
+        "1Gi"
+    );
+    // a LimitRange whose bounds are out of order is refused
+    let out = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: backwards}\n\
+         spec: {limits: [{type: Container, min: {cpu: \"2\"}, max: {cpu: \"1\"}}]}\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("min value 2 is greater than max value 1"),
+        "{err}"
+    );
 }
 
 #[test]
