@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, TCPSocketAction};
@@ -81,14 +81,31 @@ pub async fn exec(
         .map_err(|_| format!("command {command:?} timed out after {timeout:?}"))?
 }
 
+/// How many redirects an HTTP GET follows, as Go's HTTP client.
+const MAX_REDIRECTS: usize = 10;
+
+/// How much of a response body a probe keeps, as kubelet.
+const MAX_BODY: usize = 10 * 1024;
+
+/// A successful HTTP GET.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The final status, from 200 to 399.
+    pub status: u16,
+    /// Set when the GET ended on a redirect it did not follow (to another host), which kubelet
+    /// counts as a success with a warning ("Probe terminated redirects, Response body: …").
+    pub warning: Option<String>,
+}
+
 /// Sends an HTTP GET (HTTPS without checking the server's certificate, as kubelet does); Ok
-/// with the status when it is from 200 to 399.
+/// when the status is from 200 to 399. Redirects are followed as kubelet's prober follows
+/// them: on the same host only, at most ten.
 pub async fn http_get(
     action: &HTTPGetAction,
     container: &Container,
     pod_ip: &str,
     timeout: Duration,
-) -> Result<u16, String> {
+) -> Result<Reply, String> {
     let tls = action
         .scheme
         .as_deref()
@@ -100,47 +117,121 @@ pub async fn http_get(
         .clone()
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "/".into());
-    let url = format!("{scheme}://{host}:{port}{path}");
-    let authority = match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        _ => format!("{host}:{port}"),
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host,
     };
-    let mut req = http::Request::get(&path)
-        .header(http::header::HOST, authority)
-        .header(http::header::USER_AGENT, "kube-probe/1.33")
-        .header(http::header::ACCEPT, "*/*");
-    for h in action.http_headers.iter().flatten() {
-        req = req.header(h.name.as_str(), h.value.as_str());
-    }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let first = format!("{scheme}://{host}:{port}{path}");
+    let mut url = url::Url::parse(&first).map_err(|e| format!("Get \"{first}\": {e}"))?;
+    let headers: Vec<(&str, &str)> = action
+        .http_headers
+        .iter()
+        .flatten()
+        .map(|h| (h.name.as_str(), h.value.as_str()))
+        .collect();
     let run = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("Get \"{url}\": {e}"))?;
-        let code = if tls {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("Get \"{url}\": {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(insecure_tls())
-                .connect(name, tcp)
+        let mut hops = 0;
+        loop {
+            let (status, location, body) = fetch(&url, &headers)
                 .await
                 .map_err(|e| format!("Get \"{url}\": {e}"))?;
-            send(stream, req).await?
-        } else {
-            send(tcp, req).await?
-        };
-        if (200..400).contains(&code) {
-            Ok(code)
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
+            if let Some(location) = location {
+                let next = url
+                    .join(&location)
+                    .map_err(|e| format!("Get \"{location}\": {e}"))?;
+                if next.host_str() == url.host_str() {
+                    hops += 1;
+                    if hops >= MAX_REDIRECTS {
+                        return Err(format!(
+                            "Get \"{next}\": stopped after {MAX_REDIRECTS} redirects"
+                        ));
+                    }
+                    url = next;
+                    continue;
+                }
+            }
+            return match status {
+                200..300 => Ok(Reply {
+                    status,
+                    warning: None,
+                }),
+                300..400 => Ok(Reply {
+                    status,
+                    warning: Some(format!("Probe terminated redirects, Response body: {body}")),
+                }),
+                _ => Err(format!("HTTP probe failed with statuscode: {status}")),
+            };
         }
     };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| format!("Get \"{url}\": context deadline exceeded"))?
+        .map_err(|_| format!("Get \"{first}\": context deadline exceeded"))?
 }
 
-/// Sends one request over a fresh HTTP/1.1 connection; returns the status code.
-async fn send<T>(io: T, req: http::Request<Empty<Bytes>>) -> Result<u16, String>
+/// One GET over a fresh HTTP/1.1 connection: the status, the Location of a redirect Go's
+/// client follows (301, 302, 303, 307, 308), and the start of a redirect's body.
+async fn fetch(
+    url: &url::Url,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Option<String>, String), String> {
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let mut req = http::Request::get(&url[url::Position::BeforePath..url::Position::AfterQuery])
+        .header(
+            http::header::HOST,
+            &url[url::Position::BeforeHost..url::Position::AfterPort],
+        )
+        .header(http::header::USER_AGENT, "kube-probe/1.33")
+        .header(http::header::ACCEPT, "*/*")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        let name = http::HeaderName::try_from(*name).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::try_from(*value).map_err(|e| e.to_string())?;
+        // a Host header of the probe's own replaces the URL's, as upstream
+        if name == http::header::HOST {
+            req.headers_mut().insert(name, value);
+        } else {
+            req.headers_mut().append(name, value);
+        }
+    }
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((address, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = if url.scheme() == "https" {
+        let name = rustls::pki_types::ServerName::try_from(address.to_string())
+            .map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(insecure_tls())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        send(stream, req).await?
+    } else {
+        send(tcp, req).await?
+    };
+    let status = resp.status().as_u16();
+    let location = matches!(status, 301 | 302 | 303 | 307 | 308)
+        .then(|| resp.headers().get(http::header::LOCATION)?.to_str().ok())
+        .flatten()
+        .map(str::to_string);
+    let body = if (300..400).contains(&status) {
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_BODY);
+        match limited.collect().await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            Err(_) => String::new(),
+        }
+    } else {
+        String::new()
+    };
+    Ok((status, location, body))
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection.
+async fn send<T>(
+    io: T,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -148,8 +239,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 /// A TLS client that accepts any server certificate (its signatures are still checked).
@@ -302,6 +392,69 @@ mod tests {
         assert_eq!(
             http_get(&action, &c, "127.0.0.1", Duration::from_secs(5)).await,
             Err("HTTP probe failed with statuscode: 503".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_on_the_same_host_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = tcp.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = request.split(' ').nth(1).unwrap_or("/").to_string();
+                    let reply = match path.as_str() {
+                        "/old" => {
+                            "HTTP/1.1 301 Moved\r\nlocation: /new\r\ncontent-length: 0\r\n\r\n"
+                                .to_string()
+                        }
+                        "/new" => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
+                        "/away" => format!(
+                            "HTTP/1.1 302 Found\r\nlocation: http://localhost:{port}/new\r\ncontent-length: 5\r\n\r\nthere"
+                        ),
+                        _ => format!(
+                            "HTTP/1.1 307 Again\r\nlocation: {path}\r\ncontent-length: 0\r\n\r\n"
+                        ),
+                    };
+                    let _ = tcp.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "web"})).expect("c");
+        let get = |path: &str| {
+            let action: HTTPGetAction =
+                serde_json::from_value(serde_json::json!({"path": path, "port": port}))
+                    .expect("action");
+            let c = c.clone();
+            async move { http_get(&action, &c, "127.0.0.1", Duration::from_secs(5)).await }
+        };
+        assert_eq!(
+            get("/old").await,
+            Ok(Reply {
+                status: 200,
+                warning: None
+            })
+        );
+        assert_eq!(
+            get("/away").await,
+            Ok(Reply {
+                status: 302,
+                warning: Some("Probe terminated redirects, Response body: there".into())
+            })
+        );
+        assert_eq!(
+            get("/loop").await,
+            Err(format!(
+                "Get \"http://127.0.0.1:{port}/loop\": stopped after 10 redirects"
+            ))
         );
     }
 

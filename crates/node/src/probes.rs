@@ -1,5 +1,5 @@
 //! Probes, as kubelet's prober runs them: each running container's startup, readiness and
-//! liveness probes (httpGet over HTTP or HTTPS, tcpSocket, exec, grpc via [`crate::grpc`]) run
+//! liveness probes (httpGet over HTTP or HTTPS following same-host redirects, tcpSocket, exec, grpc via [`crate::grpc`]) run
 //! on their own schedule (initialDelaySeconds,
 //! periodSeconds, timeoutSeconds) and turn into an outcome once successThreshold successes or
 //! failureThreshold failures are seen in a row. Every failed attempt is an `Unhealthy` event
@@ -184,7 +184,16 @@ async fn run(
     let (mut successes, mut failures) = (0, 0);
     loop {
         match attempt(&agent, &c, &id, &ip, &probe, timeout).await {
-            Ok(()) => {
+            Ok(warning) => {
+                if let Some(warning) = warning {
+                    agent.events.record(
+                        &pod,
+                        Some(&c.name),
+                        EventKind::Warning,
+                        "ProbeWarning",
+                        &format!("{} probe warning: {warning}", kind.title()),
+                    );
+                }
                 failures = 0;
                 successes += 1;
                 if successes >= successes_needed {
@@ -225,7 +234,7 @@ fn set(outcome: &Mutex<Outcome>, o: Outcome) {
 }
 
 /// Runs one probe attempt through the handlers lifecycle hooks use; `Err` says why it failed,
-/// as upstream words it.
+/// as upstream words it, and `Ok(Some(..))` is a success with a warning.
 async fn attempt(
     agent: &Agent,
     c: &Container,
@@ -233,20 +242,20 @@ async fn attempt(
     ip: &str,
     probe: &Probe,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     if let Some(h) = &probe.http_get {
-        return handler::http_get(h, c, ip, timeout).await.map(|_| ());
+        return handler::http_get(h, c, ip, timeout)
+            .await
+            .map(|r| r.warning);
     }
     if let Some(t) = &probe.tcp_socket {
-        return handler::tcp_socket(t, c, ip, timeout).await;
-    }
-    if let Some(e) = &probe.exec {
-        return handler::exec(agent, id, e, timeout).await;
-    }
-    if let Some(g) = &probe.grpc {
+        handler::tcp_socket(t, c, ip, timeout).await?;
+    } else if let Some(e) = &probe.exec {
+        handler::exec(agent, id, e, timeout).await?;
+    } else if let Some(g) = &probe.grpc {
         let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
         let service = g.service.as_deref().unwrap_or("");
-        return crate::grpc::check(ip, port, service, timeout).await;
+        crate::grpc::check(ip, port, service, timeout).await?;
     }
-    Ok(())
+    Ok(None)
 }
