@@ -797,6 +797,14 @@ fn pod_spec(spec: Option<&Value>, path: &str, errs: &mut ErrorList) {
             &["Always", "OnFailure", "Never"],
         ));
     }
+    let on = |key: &str| spec.and_then(|s| s.get(key)) == Some(&Value::Bool(true));
+    if on("shareProcessNamespace") && on("hostPID") {
+        errs.push(FieldError::invalid(
+            format!("{path}.securityContext.shareProcessNamespace"),
+            Value::Bool(true),
+            "ShareProcessNamespace and HostPID cannot both be enabled",
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ enum Command {
         #[arg(long)]
         state_root: PathBuf,
     },
+    /// Holds a pod's shared process namespace as its PID 1, chrooted to its working directory;
+    /// started by the node agent.
+    #[command(hide = true)]
+    Pause,
     /// Runs a command inside a running container; started by the node agent for `kubectl exec`.
     #[command(hide = true)]
     ExecIn {
@@ -722,6 +726,9 @@ fn run() -> Result<()> {
             state_root,
         }));
     }
+    if let Command::Pause = cli.command {
+        std::process::exit(runtime::sandbox::pause_main());
+    }
     if let Command::ExecIn {
         id,
         state_root,
@@ -744,7 +751,7 @@ fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Shim { .. } | Command::ExecIn { .. } => Ok(()),
+        Command::Shim { .. } | Command::Pause | Command::ExecIn { .. } => Ok(()),
         Command::Images(args) => images(args),
         Command::Server(args) => async_runtime()?.block_on(server(*args)),
         Command::Agent(args) => async_runtime()?.block_on(join(*args)),

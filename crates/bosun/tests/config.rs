@@ -339,6 +339,76 @@ fn security_contexts_hold_inside_the_container() {
 }
 
 #[test]
+fn containers_sharing_the_process_namespace_see_and_signal_each_other() {
+    let c = Cluster::start_node();
+    c.wait_for(30, || {
+        c.kubectl(&["get", "serviceaccount", "default"])
+            .status
+            .success()
+    });
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  shareProcessNamespace: true
+  containers:
+  - {name: app, image: busybox:1.36, command: [sleep, "3600"]}
+  - {name: debug, image: busybox:1.36, command: [sh, -c, "sleep 7200"]}
+"#,
+    );
+    wait_ready(&c, "shared");
+    // as upstream: the pause process is PID 1, and each container sees the other's processes
+    let ps = c.ok(&[
+        "exec", "shared", "-c", "debug", "--", "ps", "-o", "pid,args",
+    ]);
+    let pid_of = |args: &str| {
+        ps.lines()
+            .find(|l| l.trim_end().ends_with(args))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {args} in {ps}"))
+    };
+    assert_eq!(pid_of("/pause pause"), "1", "{ps}");
+    let app = pid_of("sleep 3600");
+    // the pause process does not open the node to the containers
+    let root = c.kubectl(&["exec", "shared", "-c", "debug", "--", "ls", "/proc/1/root/"]);
+    assert!(!root.status.success(), "/proc/1/root is readable");
+    // a signal from one container ends the other's process, which restarts
+    c.ok(&["exec", "shared", "-c", "debug", "--", "kill", &app]);
+    assert!(c.wait_for(30, || {
+        c.jp(
+            "pod/shared",
+            "{.status.containerStatuses[?(@.name==\"app\")].restartCount}",
+        ) == "1"
+    }));
+    // a pod whose own containers are each other's only processes has its own namespace
+    c.apply(&sleeper("alone", "", "{}"));
+    wait_ready(&c, "alone");
+    let alone = c.ok(&["exec", "alone", "--", "ps", "-o", "pid,args"]);
+    assert!(alone.contains("1 sleep 3600"), "{alone}");
+    let out = c.fails(&[
+        "run",
+        "both",
+        "--image=busybox:1.36",
+        "--overrides",
+        r#"{"spec":{"hostPID":true,"shareProcessNamespace":true}}"#,
+    ]);
+    assert!(
+        out.contains("ShareProcessNamespace and HostPID cannot both be enabled"),
+        "{out}"
+    );
+    c.ok(&["delete", "pod", "shared", "--wait=true"]);
+    let sandboxes = c.dir.path().join("agent/sandboxes");
+    let left = std::fs::read_dir(&sandboxes).expect("sandboxes").count();
+    assert_eq!(
+        left, 1,
+        "the shared pod's sandbox is gone, the other's stays"
+    );
+}
+
+#[test]
 fn scenario_13_security() {
     Cluster::start_node().scenario("13-security");
 }

@@ -118,6 +118,7 @@ fn containers_of_a_sandbox_share_its_hostname_and_network_and_stop_on_signal() {
         network: Some(sandbox.net()),
         ipc: Some(sandbox.ipc()),
         uts: Some(sandbox.uts()),
+        pid: None,
     };
     let mut server = config(&node, "server", "nc -l -p 7000 -e echo served");
     server.namespaces = shared.clone();

@@ -582,6 +582,9 @@ impl Worker {
         let ip = self
             .blocking(move |a| -> anyhow::Result<std::net::Ipv4Addr> {
                 sandbox.create(&hostname, host_network)?;
+                if shares_processes(&pod) {
+                    sandbox.share_processes(a.runtime.program())?;
+                }
                 let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
                 let cfg = &a.config;
                 let resolv = crate::resolv::resolv_conf(
@@ -930,6 +933,7 @@ impl Worker {
                 network: Some(sandbox.net()),
                 ipc: Some(sandbox.ipc()),
                 uts: Some(sandbox.uts()),
+                pid: shares_processes(pod).then(|| sandbox.pid()),
             },
             cgroup_path: format!("/kubepods{qos_dir}/pod{}/{}", self.uid, c.name),
             resources: crate::resources::of(c, &qos_class, crate::registration::memory_bytes()),
@@ -1328,4 +1332,12 @@ pub fn adoptable(agent: &Agent) -> HashMap<String, Vec<String>> {
 pub async fn remove_orphan(agent: Arc<Agent>, uid: String, ids: Vec<String>) {
     let (_tx, rx) = watch::channel(None);
     run(agent, uid, ids, rx).await;
+}
+
+/// Whether the pod's containers share one process namespace (`shareProcessNamespace`; the
+/// node's, with `hostPID`, is shared anyway).
+fn shares_processes(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.share_process_namespace == Some(true) && s.host_pid != Some(true))
 }

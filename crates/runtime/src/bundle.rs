@@ -355,6 +355,7 @@ pub fn spec(config: &ContainerConfig) -> Result<Spec, String> {
                     LinuxNamespaceType::Network => shared.network.clone(),
                     LinuxNamespaceType::Ipc => shared.ipc.clone(),
                     LinuxNamespaceType::Uts => shared.uts.clone(),
+                    LinuxNamespaceType::Pid => shared.pid.clone(),
                     _ => None,
                 };
                 if path.is_some() {
@@ -435,6 +436,7 @@ mod tests {
                 network: Some("/run/pod/net".into()),
                 ipc: None,
                 uts: Some("/run/pod/uts".into()),
+                pid: None,
             },
             cgroup_path: "/bosun/podX/c1".into(),
             resources: Default::default(),

@@ -77,6 +77,9 @@ pub struct SharedNamespaces {
     pub ipc: Option<PathBuf>,
     /// The pod's UTS namespace (its hostname).
     pub uts: Option<PathBuf>,
+    /// The pod's process namespace, when its containers share one (`shareProcessNamespace`).
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
 }
 
 /// Resource limits applied to the container's cgroup.
@@ -293,6 +296,11 @@ impl Runtime {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// The program that runs supervisors, exec helpers and pause processes.
+    pub fn program(&self) -> &Path {
+        &self.shim
     }
 
     /// Creates a container: its overlayfs root from the image's layers and its OCI bundle.

@@ -4,13 +4,23 @@
 //! the pod's hostname. A pod in the node's network (`hostNetwork`) pins the node's own network
 //! and UTS namespaces instead, so its containers join those the same way.
 //!
+//! A pod that shares its process namespace (`shareProcessNamespace`) needs more than a pin: a
+//! PID namespace takes no new process once its first one, PID 1, has ended. There a small pause
+//! process, as upstream's, is PID 1 of a namespace of its own: it reaps the orphans the pod's
+//! containers leave, and its end (when the sandbox goes) ends every process of the pod. It runs
+//! in its own session, chrooted to an empty directory and not dumpable, so that the containers,
+//! which see it as their PID 1, cannot reach the node through `/proc/1/root`.
+//!
 //! ```text
-//! <root>/<pod uid>/net   ipc   uts
+//! <root>/<pod uid>/net   ipc   uts   [pid   pause.pid   pause-root/]
 //! ```
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
@@ -45,6 +55,66 @@ impl Sandbox {
     /// The pinned UTS namespace.
     pub fn uts(&self) -> PathBuf {
         self.dir.join("uts")
+    }
+
+    /// The pod's shared process namespace, when it has one.
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("pid")
+    }
+
+    fn pause_pid_file(&self) -> PathBuf {
+        self.dir.join("pause.pid")
+    }
+
+    /// The pause process holding the shared process namespace, if it lives: the recorded pid
+    /// must still be in the pinned namespace (a pid is reused once its process has gone).
+    pub fn pause(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.pause_pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let pinned = id(&self.pid()).filter(|_| is_namespace(&self.pid()))?;
+        (id(Path::new(&format!("/proc/{pid}/ns/pid"))) == Some(pinned)).then_some(pid)
+    }
+
+    /// Gives the pod's containers one process namespace, held by a pause process started from
+    /// `program` (which must run [`pause_main`] given the `pause` argument). One that lives is
+    /// kept.
+    pub fn share_processes(&self, program: &Path) -> io::Result<()> {
+        if self.pause().is_some() {
+            return Ok(());
+        }
+        let _ = umount2(&self.pid(), MntFlags::MNT_DETACH);
+        let root = self.dir.join("pause-root");
+        fs::create_dir_all(&root)?;
+        let program = program.to_path_buf();
+        // as with the other namespaces, a fresh thread unshares: its next child, the pause
+        // process, is PID 1 of a new namespace
+        let pid = std::thread::spawn(move || -> io::Result<u32> {
+            unshare(CloneFlags::CLONE_NEWPID)?;
+            let child = Command::new(program)
+                .arg0("/pause")
+                .arg("pause")
+                .current_dir(&root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            Ok(child.id())
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))??;
+        fs::File::create(self.pid())?;
+        mount(
+            Some(format!("/proc/{pid}/ns/pid").as_str()),
+            &self.pid(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        fs::write(self.pause_pid_file(), pid.to_string())
     }
 
     /// Whether its namespaces are pinned (they survive agent restarts, not node reboots).
@@ -103,10 +173,45 @@ impl Sandbox {
 
     /// Unpins the namespaces (they end with their last process) and removes the directory.
     pub fn remove(&self) {
+        if let Some(pid) = self.pause() {
+            // the end of a namespace's PID 1 ends all of its processes
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            // reaped here if this agent started it (else its reaper is init)
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        let _ = umount2(&self.pid(), MntFlags::MNT_DETACH);
         for kind in KINDS {
             let _ = umount2(&self.dir.join(kind), MntFlags::MNT_DETACH);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The pause process, run as `bosun pause` by [`Sandbox::share_processes`] in the empty
+/// directory it chroots to: PID 1 of a pod's process namespace, it reaps whatever ends there,
+/// until killed.
+pub fn pause_main() -> i32 {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let _ = nix::unistd::setsid();
+    if nix::unistd::chroot(".").is_err() || nix::unistd::chdir("/").is_err() {
+        return 1;
+    }
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::sys::prctl::set_name(c"pause");
+    let mut children = SigSet::empty();
+    children.add(Signal::SIGCHLD);
+    if children.thread_block().is_err() {
+        return 1;
+    }
+    loop {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let _ = children.wait();
     }
 }
 
