@@ -159,8 +159,6 @@ fn security_contexts_hold_inside_the_container() {
     c.apply(&sleeper("all-powers", "", r#"{"privileged": true}"#));
     c.apply(&sleeper("nonroot", "", r#"{"runAsNonRoot": true}"#));
     c.apply(&sleeper("hostnet", r#""hostNetwork": true,"#, "{}"));
-    // (processes started by `kubectl exec` are not filtered: libcontainer's tenant builder
-    // leaves the filter out, so the container's own process reports)
     c.apply(
         &sleeper(
             "filtered",
@@ -275,6 +273,13 @@ fn security_contexts_hold_inside_the_container() {
         filtered.contains("Operation not permitted") && filtered.contains("unshare=1"),
         "the runtime's default seccomp profile refuses unshare: {filtered}"
     );
+    // processes started by `kubectl exec` are held to the same filter, as runc holds them
+    assert_eq!(
+        out("filtered", "grep Seccomp: /proc/self/status | cut -f2"),
+        "2"
+    );
+    assert!(!exec("filtered", "unshare -U true").status.success());
+    assert_eq!(out("local-profile", "mkdir /tmp/y; echo $?"), "1");
     let local = c.ok(&["logs", "local-profile"]);
     assert!(
         local.contains("mkdir=1"),
