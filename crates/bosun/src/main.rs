@@ -251,11 +251,15 @@ struct AgentArgs {
 #[derive(clap::Args)]
 struct JoinArgs {
     /// The API server to join, e.g. https://10.0.0.1:6443.
-    #[arg(long, env = "BOSUN_SERVER")]
-    server: String,
+    #[arg(long, env = "BOSUN_SERVER", required_unless_present = "cleanup")]
+    server: Option<String>,
     /// The join token (`bosun token create` on the server prints one).
-    #[arg(long, env = "BOSUN_TOKEN")]
-    token: node::join::JoinToken,
+    #[arg(long, env = "BOSUN_TOKEN", required_unless_present = "cleanup")]
+    token: Option<node::join::JoinToken>,
+    /// Removes the Service and NetworkPolicy rules a node agent (or server) left behind, as
+    /// after a crash, and exits; running pods keep their network.
+    #[arg(long)]
+    cleanup: bool,
     /// Where this node's credentials, images and containers live.
     #[arg(long, default_value = DEFAULT_DATA_DIR, env = "BOSUN_DATA_DIR")]
     data_dir: PathBuf,
@@ -564,9 +568,18 @@ async fn start_agent(
 /// `bosun agent`: joins this machine to a cluster as a node and runs its agent.
 async fn join(args: JoinArgs) -> Result<()> {
     require_root()?;
+    if args.cleanup {
+        return network::proxy::cleanup()
+            .and_then(|()| network::policy::cleanup())
+            .context("cannot remove the service and policy rules");
+    }
+    // clap asks for both unless --cleanup
+    let (Some(server), Some(token)) = (&args.server, &args.token) else {
+        anyhow::bail!("--server and --token are required");
+    };
     let node_name = node_name(&args.agent)?;
     let pki = args.data_dir.join("agent/pki");
-    let joined = node::join::credentials(&args.server, &args.token, &node_name, &pki).await?;
+    let joined = node::join::credentials(server, token, &node_name, &pki).await?;
     let pod_cidr = match args.agent.pod_cidr {
         Some(c) => c,
         None => node::join::assigned_pod_cidr(&joined.client, &node_name)
@@ -597,7 +610,7 @@ async fn join(args: JoinArgs) -> Result<()> {
     let (cert, key) =
         node::join::serving_certificate(&joined.client, &node_name, &serving_names(&agent), &pki)
             .await?;
-    eprintln!("bosun agent: node {node_name} joined {}", args.server);
+    eprintln!("bosun agent: node {node_name} joined {server}");
     let task = tokio::spawn(agent.run(node_tls(cert, key, joined.ca_pem)));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome: Result<()> = tokio::select! {

@@ -344,7 +344,7 @@ fn security_contexts_hold_inside_the_container() {
 }
 
 #[test]
-fn containers_sharing_the_process_namespace_see_and_signal_each_other() {
+fn containers_share_process_namespaces_with_each_other_or_the_node_as_asked() {
     let c = Cluster::start_node();
     c.wait_for(30, || {
         c.kubectl(&["get", "serviceaccount", "default"])
@@ -388,11 +388,26 @@ spec:
             "{.status.containerStatuses[?(@.name==\"app\")].restartCount}",
         ) == "1"
     }));
-    // a pod whose own containers are each other's only processes has its own namespace
+    // without sharing, each container's process is PID 1 of its own namespace
     c.apply(&sleeper("alone", "", "{}"));
+    // hostPID and hostIPC put the containers in the node's namespaces
+    c.apply(&sleeper(
+        "host",
+        r#""hostPID": true, "hostIPC": true,"#,
+        "{}",
+    ));
     wait_ready(&c, "alone");
+    wait_ready(&c, "host");
     let alone = c.ok(&["exec", "alone", "--", "ps", "-o", "pid,args"]);
     assert!(alone.contains("1 sleep 3600"), "{alone}");
+    for ns in ["pid", "ipc"] {
+        let link = format!("/proc/self/ns/{ns}");
+        let node = std::fs::read_link(&link).expect("namespace link");
+        let host = c.ok(&["exec", "host", "--", "readlink", &link]);
+        assert_eq!(host.trim(), node.to_string_lossy(), "{ns}");
+        let own = c.ok(&["exec", "alone", "--", "readlink", &link]);
+        assert_ne!(own.trim(), node.to_string_lossy(), "{ns}");
+    }
     let out = c.fails(&[
         "run",
         "both",
@@ -407,10 +422,7 @@ spec:
     c.ok(&["delete", "pod", "shared", "--wait=true"]);
     let sandboxes = c.dir.path().join("agent/sandboxes");
     let left = std::fs::read_dir(&sandboxes).expect("sandboxes").count();
-    assert_eq!(
-        left, 1,
-        "the shared pod's sandbox is gone, the other's stays"
-    );
+    assert_eq!(left, 2, "the shared pod's sandbox is gone, the others stay");
 }
 
 #[test]

@@ -408,3 +408,32 @@ fn network_policies_deny_and_allow() {
     );
     assert!(reaches("web"), "web open again");
 }
+
+#[test]
+fn cleanup_removes_the_rules_a_crashed_agent_left() {
+    let mut c = Cluster::start_node();
+    let table = || {
+        std::process::Command::new("nft")
+            .args(["list", "table", "ip", "bosun"])
+            .output()
+            .expect("nft")
+            .status
+            .success()
+    };
+    assert!(c.wait_for(30, table), "the node programs its Service rules");
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    assert!(table(), "a killed agent cannot remove its rules");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bosun"))
+        .args(["agent", "--cleanup"])
+        .output()
+        .expect("bosun agent --cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!table(), "the leftovers are gone");
+    // the node comes back for the test's own cleanup
+    c.restart_after_kill();
+}
