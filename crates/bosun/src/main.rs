@@ -569,9 +569,7 @@ async fn start_agent(
 async fn join(args: JoinArgs) -> Result<()> {
     require_root()?;
     if args.cleanup {
-        return network::proxy::cleanup()
-            .and_then(|()| network::policy::cleanup())
-            .context("cannot remove the service and policy rules");
+        return network::remove_rules().context("cannot remove the service and policy rules");
     }
     // clap asks for both unless --cleanup
     let (Some(server), Some(token)) = (&args.server, &args.token) else {
@@ -625,7 +623,7 @@ async fn join(args: JoinArgs) -> Result<()> {
 /// Removes the node's Service and NetworkPolicy rules as its agent stops: they go with the
 /// agent; pods and their network stay for the next start.
 fn remove_node_rules() {
-    if let Err(e) = network::proxy::cleanup().and_then(|()| network::policy::cleanup()) {
+    if let Err(e) = network::remove_rules() {
         eprintln!("cannot remove the service and policy rules: {e}");
     }
 }

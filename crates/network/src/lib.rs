@@ -8,3 +8,10 @@ pub mod ipam;
 pub mod pod;
 pub mod policy;
 pub mod proxy;
+
+/// Removes the node's Service and NetworkPolicy rules, if there are any: they go with the agent
+/// that programs them (pods and their addresses stay).
+pub fn remove_rules() -> std::io::Result<()> {
+    proxy::cleanup()?;
+    policy::cleanup()
+}
