@@ -355,6 +355,12 @@ pub fn columns(kind: &str) -> &'static [Column] {
             col("Ports", "string", 0),
             col("Age", "string", 0)
         ),
+        "IngressClass" => cols!(
+            col("Name", "string", 0),
+            col("Controller", "string", 0),
+            col("Parameters", "string", 0),
+            col("Age", "string", 0)
+        ),
         "EndpointSlice" => cols!(
             col("Name", "string", 0),
             col("AddressType", "string", 0),
@@ -594,6 +600,24 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(modes.join(",")),
                 json!(s(o, "spec.storageClassName")),
                 json!("<unset>"),
+                age_cell,
+            ]
+        }
+        "IngressClass" => {
+            // upstream prints the parameters as Kind/name, with the group when there is one
+            let parameters = meta::lookup(o, "spec.parameters").map_or("<none>".to_string(), |p| {
+                let group = s(p, "apiGroup");
+                let kind = if group.is_empty() {
+                    s(p, "kind").to_string()
+                } else {
+                    format!("{}.{group}", s(p, "kind"))
+                };
+                format!("{kind}/{}", s(p, "name"))
+            });
+            vec![
+                name,
+                json!(s(o, "spec.controller")),
+                json!(parameters),
                 age_cell,
             ]
         }

@@ -5,7 +5,8 @@
 //! DefaultTolerationSeconds (pods stay 300 s on a not-ready or unreachable node before
 //! eviction), Priority (a pod's priority and preemption policy come from its PriorityClass, or
 //! the global default one), LimitRanger (`crate::limit_range`, pods and claims), PodSecurity
-//! (`crate::pod_security`, on create and update), and the certificates plugins
+//! (`crate::pod_security`, on create and update), DefaultIngressClass (an Ingress without a
+//! class gets the default IngressClass), and the certificates plugins
 //! (`crate::certificates`). ResourceQuota (`crate::resource_quota`) runs last, after
 //! validation, as upstream's validating plugin.
 
@@ -50,6 +51,9 @@ pub async fn admit_create(
     }
     if rt.group.is_empty() && rt.kind == "PersistentVolumeClaim" {
         crate::limit_range::admit_claim(state, obj).await?;
+    }
+    if rt.group == "networking.k8s.io" && rt.kind == "Ingress" {
+        default_ingress_class(state, obj).await?;
     }
     Ok(match &namespace {
         Some(ns) => pod_security(rt, ns, obj)?,
@@ -109,6 +113,44 @@ pub async fn admit_update(
         &now.enforce,
         &pods,
     ))
+}
+
+/// DefaultIngressClass: an Ingress that names no class (neither `spec.ingressClassName` nor
+/// the older `kubernetes.io/ingress.class` annotation) gets the default IngressClass, the
+/// newest if several are marked.
+async fn default_ingress_class(state: &State, obj: &mut Value) -> Result<()> {
+    let named = obj
+        .pointer("/spec/ingressClassName")
+        .is_some_and(|v| !v.is_null())
+        || obj
+            .pointer("/metadata/annotations/kubernetes.io~1ingress.class")
+            .is_some();
+    if named {
+        return Ok(());
+    }
+    let rt = registry()
+        .find("networking.k8s.io", "v1", "ingressclasses")
+        .ok_or_else(|| ApiError::internal("ingressclasses are not registered"))?;
+    let default = state
+        .storage
+        .list_in(rt, "")
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.pointer("/metadata/annotations/ingressclass.kubernetes.io~1is-default-class")
+                == Some(&json!("true"))
+        })
+        .max_by_key(|c| {
+            c.pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+    if let Some(class) = default {
+        let root = meta::ensure_object(obj);
+        let spec = meta::ensure_object(root.entry("spec").or_insert_with(|| json!({})));
+        spec.insert("ingressClassName".into(), json!(meta::name(&class)));
+    }
+    Ok(())
 }
 
 /// Upstream's validation of a namespace's Pod Security labels.

@@ -507,6 +507,31 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             controller_policy::manager_rules(),
             None,
         ),
+        // the built-in Ingress controller (controllers::ingress): it reads Ingresses and what
+        // they lead to, TLS Secrets included, as traefik's role in k3s does, installs its class
+        // and Service, and publishes where Ingresses are served
+        cluster_role(
+            "system:bosun-ingress-controller",
+            json!({}),
+            vec![
+                rule(
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                    READ,
+                ),
+                rule(&["networking.k8s.io"], &["ingressclasses"], &["create"]),
+                rule(
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                    &["patch", "update"],
+                ),
+                rule(&[""], &["services", "secrets"], READ),
+                rule(&[""], &["services"], &["create"]),
+                rule(&[""], &["endpoints"], &["get", "create", "patch", "update"]),
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+            ],
+            None,
+        ),
         // the scheduler: it reads pods and nodes, binds pods and reports those it cannot place
         cluster_role(
             "system:kube-scheduler",
@@ -646,6 +671,11 @@ fn default_policy() -> (Vec<Value>, Vec<Value>) {
             "system:kube-scheduler",
             "system:kube-scheduler",
             json!([user("system:kube-scheduler")]),
+        ),
+        cluster_binding(
+            "system:bosun-ingress-controller",
+            "system:bosun-ingress-controller",
+            json!([user("system:bosun-ingress-controller")]),
         ),
     ];
     let (controller_roles, controller_bindings) = controller_policy::roles_and_bindings();

@@ -202,9 +202,21 @@ struct ServerArgs {
     /// Lifetime of the serving certificate in seconds; it renews itself when a fifth remains.
     #[arg(long, default_value_t = 365 * 24 * 3600)]
     serving_cert_seconds: u64,
-    /// Runs the control plane only: no node agent for this machine.
+    /// Runs the control plane only: no node agent for this machine (and so no Ingress
+    /// controller, which needs this machine on the pod network).
     #[arg(long)]
     disable_agent: bool,
+    /// Runs no built-in Ingress controller (as k3s's `--disable traefik`).
+    #[arg(long)]
+    disable_ingress: bool,
+    /// The port the built-in Ingress controller serves HTTP on; port 80 of every node leads
+    /// there.
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The port the built-in Ingress controller serves HTTPS on; port 443 of every node leads
+    /// there.
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
     /// The range Service ClusterIPs come from (the cluster DNS takes the tenth address).
     #[arg(long, default_value = "10.43.0.0/16")]
     service_cidr: ipnet::Ipv4Net,
@@ -412,6 +424,27 @@ async fn server(args: ServerArgs) -> Result<()> {
         };
         Some(start_agent(&running, &data_dir, args.agent, pod_cidr, cluster_dns).await?)
     };
+    if agent.is_some() && !args.disable_ingress {
+        let client = component_client(
+            &running,
+            "bosun-ingress",
+            "system:bosun-ingress-controller",
+            &[],
+        );
+        let listen = controllers::ingress::Listen {
+            address: advertise_address,
+            http: args.ingress_http_port,
+            https: args.ingress_https_port,
+        };
+        // the cluster goes on without it: Ingresses are then served by no one, as upstream's
+        // are while their controller is down
+        tokio::spawn(async move {
+            if let Err(e) = controllers::ingress::run(client, listen).await {
+                tracing::error!("the ingress controller stopped: {e:#}");
+                eprintln!("the ingress controller stopped: {e:#}");
+            }
+        });
+    }
     eprintln!(
         "bosun server listening on {} (ready in {} ms)",
         running.url,

@@ -437,3 +437,205 @@ fn cleanup_removes_the_rules_a_crashed_agent_left() {
     // the node comes back for the test's own cleanup
     c.restart_after_kill();
 }
+
+#[test]
+fn ingress_routes_by_host_and_path_with_tls() {
+    let c = Cluster::start_node();
+    assert_eq!(
+        c.jp(
+            "ingressclass/bosun",
+            "{.metadata.annotations.ingressclass\\.kubernetes\\.io/is-default-class}"
+        ),
+        "true"
+    );
+    for (name, replicas) in [("alpaca", "2"), ("bandicoot", "1")] {
+        c.ok(&[
+            "create",
+            "deployment",
+            name,
+            "--image=busybox:1.36",
+            &format!("--replicas={replicas}"),
+            "--port=8080",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /www/a; echo {name} $(hostname) | tee /www/index.html > /www/a/index.html; exec httpd -f -p 8080 -h /www"
+            ),
+        ]);
+        c.ok(&["expose", "deployment", name, "--port=8080"]);
+    }
+    for name in ["alpaca", "bandicoot"] {
+        c.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=90s",
+        ]);
+    }
+    // the class is the default one: these Ingresses name none (seed 002, chapter 8)
+    c.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: host-ingress}
+spec:
+  rules:
+  - host: alpaca.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: alpaca, port: {number: 8080}}}}
+  - host: "*.bandicoot.example.com"
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: bandicoot, port: {number: 8080}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: path-ingress}
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: bandicoot, port: {number: 8080}}}}
+      - {path: /a, pathType: Prefix, backend: {service: {name: alpaca, port: {number: 8080}}}}
+"#,
+    );
+    assert_eq!(
+        c.jp("ingress/host-ingress", "{.spec.ingressClassName}"),
+        "bosun"
+    );
+    let node_ip = c.jp(
+        "nodes",
+        "{.items[0].status.addresses[?(@.type==\"InternalIP\")].address}",
+    );
+    assert!(
+        c.wait_for(30, || c.jp(
+            "ingress/path-ingress",
+            "{.status.loadBalancer.ingress[0].ip}"
+        ) == node_ip),
+        "the ingress shows where it is served"
+    );
+    let row = c.ok(&["get", "ingress", "host-ingress", "--no-headers"]);
+    assert!(
+        row.split_whitespace().collect::<Vec<_>>()[..5]
+            == [
+                "host-ingress",
+                "bosun",
+                "alpaca.example.com,*.bandicoot.example.com",
+                &node_ip,
+                "80"
+            ],
+        "{row}"
+    );
+    let curl = |args: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "3"])
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let get = |host: &str, url: &str| curl(&["-H", &format!("Host: {host}"), url]);
+    assert!(
+        c.wait_for(20, || get("alpaca.example.com", "http://127.0.0.1/")
+            .starts_with("alpaca ")),
+        "by host, on localhost"
+    );
+    // every node address serves, and requests spread over the ready endpoints
+    let pods: std::collections::BTreeSet<String> = (0..12)
+        .map(|_| get("alpaca.example.com", &format!("http://{node_ip}/")))
+        .collect();
+    assert_eq!(pods.len(), 2, "both alpaca pods answer: {pods:?}");
+    assert!(get("x.bandicoot.example.com", "http://127.0.0.1/").starts_with("bandicoot "));
+    // without a matching host, the host-less rules: the longest prefix wins
+    assert!(get("other.example.com", "http://127.0.0.1/a/").starts_with("alpaca "));
+    assert!(get("other.example.com", "http://127.0.0.1/").starts_with("bandicoot "));
+    assert!(get("other.example.com", "http://127.0.0.1/ab").contains("404"));
+
+    // TLS from a kubernetes.io/tls Secret, chosen by SNI
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=secure.example.com"])
+        .args(["-addext", "subjectAltName=DNS:secure.example.com"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    c.ok(&[
+        "create",
+        "secret",
+        "tls",
+        "secure-tls",
+        &format!("--cert={}", crt.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    c.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure}
+spec:
+  tls:
+  - {hosts: [secure.example.com], secretName: secure-tls}
+  rules:
+  - host: secure.example.com
+    http:
+      paths:
+      - {path: /, pathType: Exact, backend: {service: {name: alpaca, port: {number: 8080}}}}
+"#,
+    );
+    let resolve = format!("secure.example.com:443:{node_ip}");
+    let https = || {
+        curl(&[
+            "--cacert",
+            &crt.display().to_string(),
+            "--resolve",
+            &resolve,
+            "https://secure.example.com/",
+        ])
+    };
+    assert!(
+        c.wait_for(20, || https().starts_with("alpaca ")),
+        "HTTPS with the Secret's certificate"
+    );
+    let row = c.ok(&["get", "ingress", "secure", "--no-headers"]);
+    assert!(row.contains("80, 443"), "{row}");
+
+    // a backend with no ready endpoint answers 503 at once
+    c.ok(&["scale", "deployment", "bandicoot", "--replicas=0"]);
+    assert!(
+        c.wait_for(30, || curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1/"
+        ]) == "503"),
+        "no endpoints, 503"
+    );
+    // a LoadBalancer Service asking for port 80 waits: the ingress holds it, as in k3s
+    c.ok(&[
+        "expose",
+        "deployment",
+        "alpaca",
+        "--name=alpaca-lb",
+        "--type=LoadBalancer",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        c.jp("service/alpaca-lb", "{.status.loadBalancer.ingress}"),
+        "",
+        "port 80 stays the ingress's"
+    );
+    assert!(get("alpaca.example.com", "http://127.0.0.1/").starts_with("alpaca "));
+}

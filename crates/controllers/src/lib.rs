@@ -47,6 +47,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod informer;
+pub mod ingress;
 pub mod job;
 pub mod leader;
 pub mod namespace;

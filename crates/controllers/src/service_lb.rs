@@ -1,8 +1,11 @@
 //! Load balancers on bare metal, the way k3s's servicelb gives them: a Service of type
 //! LoadBalancer (without a `loadBalancerClass` of someone else's) gets the addresses of the
 //! Ready nodes as its `status.loadBalancer.ingress`, and every node's proxy serves the Service's
-//! ports there. A Service that stops being a LoadBalancer loses them.
+//! ports there. A Service that stops being a LoadBalancer loses them, and one asking for a
+//! protocol and port an older LoadBalancer already holds stays pending, as servicelb's host
+//! ports leave it, until the port is free.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
@@ -27,6 +30,18 @@ pub async fn run(ctx: Arc<Context>) {
                 .filter(|s| is_ours(s))
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
+        })
+        .watches_shared_stream(inf.services.subscribe(), {
+            let services = inf.services.store();
+            // a LoadBalancer going away frees its ports for the pending ones
+            move |_: Arc<Service>| {
+                services
+                    .state()
+                    .into_iter()
+                    .filter(|s| is_ours(s))
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            }
         })
         .run(reconcile, retry, ctx);
     drive("service-lb", stream).await;
@@ -64,13 +79,44 @@ pub fn node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
     ips
 }
 
+/// The LoadBalancers of `services` that are served, by (namespace, name): the oldest first,
+/// each unless it asks for a protocol and port that one served before it holds.
+pub fn served(services: &[Arc<Service>]) -> BTreeSet<(String, String)> {
+    let mut ours: Vec<&Arc<Service>> = services.iter().filter(|s| is_ours(s)).collect();
+    ours.sort_by_key(|s| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            s.namespace(),
+            s.name_any(),
+        )
+    });
+    let mut held = BTreeSet::new();
+    let mut out = BTreeSet::new();
+    for svc in ours {
+        let ports: Vec<(String, i32)> = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
+            .collect();
+        if ports.iter().all(|p| !held.contains(p)) {
+            held.extend(ports);
+            out.insert((svc.namespace().unwrap_or_default(), svc.name_any()));
+        }
+    }
+    out
+}
+
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
     let current = svc
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.clone())
         .unwrap_or_default();
-    let wanted = if is_ours(&svc) {
+    let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+    let wanted = if is_ours(&svc) && !served(&ctx.informers.services.objects()).contains(&key) {
+        LoadBalancerStatus::default()
+    } else if is_ours(&svc) {
         let ingress: Vec<LoadBalancerIngress> = node_addresses(&ctx.informers.nodes.objects())
             .into_iter()
             .map(|ip| LoadBalancerIngress {
@@ -129,6 +175,40 @@ mod tests {
             node("10.0.0.3", false),
         ];
         assert_eq!(node_addresses(&nodes), ["10.0.0.1", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn an_older_load_balancer_keeps_its_ports() {
+        let svc = |name: &str, created: &str, ports: serde_json::Value| -> Arc<Service> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+                    "spec": {"type": "LoadBalancer", "ports": ports},
+                }))
+                .expect("svc"),
+            )
+        };
+        let all = [
+            svc(
+                "late",
+                "2026-01-03T00:00:00Z",
+                json!([{"port": 80}, {"port": 8443}]),
+            ),
+            svc(
+                "first",
+                "2026-01-01T00:00:00Z",
+                json!([{"port": 80}, {"port": 443}]),
+            ),
+            svc(
+                "dns",
+                "2026-01-02T00:00:00Z",
+                json!([{"port": 443, "protocol": "UDP"}]),
+            ),
+            svc("other", "2026-01-04T00:00:00Z", json!([{"port": 8443}])),
+        ];
+        let names: Vec<String> = served(&all).into_iter().map(|(_, n)| n).collect();
+        // "late" wants 80, which "first" holds, so it waits and 8443 stays free for "other"
+        assert_eq!(names, ["dns", "first", "other"]);
     }
 
     #[test]

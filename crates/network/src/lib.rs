@@ -4,6 +4,7 @@
 //! enforces NetworkPolicies on the node's pods.
 
 pub mod dns;
+pub mod ingress;
 pub mod ipam;
 pub mod pod;
 pub mod policy;

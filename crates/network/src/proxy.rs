@@ -179,6 +179,10 @@ impl Proxy {
         let mut node_ports = Vec::new();
         let mut no_endpoints = Vec::new();
         let mut no_endpoint_node_ports = Vec::new();
+        // an address, protocol and port leads to one Service: two external IPs or load
+        // balancers asking for the same one would fail the whole transaction, so the first
+        // keeps it
+        let mut claimed = BTreeSet::new();
         let cidr = format!("{}/{}", self.pod_cidr.network, self.pod_cidr.prefix);
         for sp in ports {
             let id = chain_id(sp);
@@ -238,7 +242,10 @@ impl Proxy {
                 );
                 chains.insert(svc.clone(), rules);
                 for ip in &sp.cluster_ips {
-                    service_ips.push(format!("{ip} . {proto} . {} : goto {svc}", sp.port));
+                    let key = format!("{ip} . {proto} . {}", sp.port);
+                    if claimed.insert(key.clone()) {
+                        service_ips.push(format!("{key} : goto {svc}"));
+                    }
                 }
             }
             let exposed = sp.node_port.is_some() || !sp.external_ips.is_empty();
@@ -246,8 +253,10 @@ impl Proxy {
                 let ext = format!("ext-{id}");
                 if external.is_empty() {
                     for ip in &sp.external_ips {
-                        no_endpoints
-                            .push(format!("{ip} . {proto} . {} : goto reject-chain", sp.port));
+                        let key = format!("{ip} . {proto} . {}", sp.port);
+                        if claimed.insert(key.clone()) {
+                            no_endpoints.push(format!("{key} : goto reject-chain"));
+                        }
                     }
                     if let Some(np) = sp.node_port {
                         no_endpoint_node_ports.push(format!("{proto} . {np} : goto reject-chain"));
@@ -261,7 +270,10 @@ impl Proxy {
                     };
                     chains.insert(ext.clone(), format!("{masq}{}", pick(&external)));
                     for ip in &sp.external_ips {
-                        service_ips.push(format!("{ip} . {proto} . {} : goto {ext}", sp.port));
+                        let key = format!("{ip} . {proto} . {}", sp.port);
+                        if claimed.insert(key.clone()) {
+                            service_ips.push(format!("{key} : goto {ext}"));
+                        }
                     }
                     if let Some(np) = sp.node_port {
                         node_ports.push(format!("{proto} . {np} : goto {ext}"));
