@@ -227,8 +227,8 @@ struct ServerArgs {
     /// The range NodePort Services' ports come from.
     #[arg(long, default_value = "30000-32767", value_parser = port_range)]
     service_node_port_range: std::ops::RangeInclusive<u16>,
-    /// The address pods reach the API server at (default: the bind address, or this machine's
-    /// address when binding to all).
+    /// The address pods reach the API server at (default: --node-ip, else the bind address, or
+    /// this machine's address when binding to all).
     #[arg(long)]
     advertise_address: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
@@ -258,6 +258,11 @@ struct AgentArgs {
     /// reports MemoryPressure and evicts pods.
     #[arg(long, default_value = "memory.available<100Mi", value_parser = node::eviction::parse_hard)]
     eviction_hard: u64,
+    /// The node's address, as kubelet's --node-ip (default: the address of the interface of
+    /// the default route). Other nodes route this node's pods through it, so it must be on a
+    /// network they share.
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(clap::Args)]
@@ -355,7 +360,10 @@ fn port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, Str
 async fn server(args: ServerArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let data_dir = args.data_dir.clone();
-    let advertise_address = match (args.advertise_address, args.bind.ip()) {
+    let advertise_address = match (
+        args.advertise_address.or(args.agent.node_ip),
+        args.bind.ip(),
+    ) {
         (Some(a), _) => a,
         (None, std::net::IpAddr::V4(ip)) if !ip.is_unspecified() && !ip.is_loopback() => ip,
         (None, _) => node::registration::internal_ip()
@@ -537,6 +545,7 @@ fn new_agent(
             cluster_dns,
             cluster_domain: "cluster.local".into(),
             eviction_memory_available: args.eviction_hard,
+            node_ip: args.node_ip,
         },
         client,
     )

@@ -184,3 +184,243 @@ fn a_machine_joins_with_a_token_until_it_is_revoked() {
     force_clean_node(node_dir.path());
     drop(lock);
 }
+
+/// A second machine made of a network namespace: a veth pair joins it to this one on
+/// 192.168.251.0/24 (this side .1, the namespace .2, its default route through .1). Removed,
+/// with whatever the agent in it ran, when dropped.
+struct PeerMachine {
+    agent: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+const PEER_NETNS: &str = "bosun-test-peer";
+
+impl PeerMachine {
+    fn new() -> Self {
+        let _ = Command::new("ip")
+            .args(["netns", "del", PEER_NETNS])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "bsn-peer0"])
+            .status();
+        let n = PEER_NETNS;
+        for args in [
+            format!("netns add {n}"),
+            format!("link add bsn-peer0 type veth peer name bsn-peer1 netns {n}"),
+            "addr add 192.168.251.1/24 dev bsn-peer0".into(),
+            "link set bsn-peer0 up".into(),
+            format!("-n {n} addr add 192.168.251.2/24 dev bsn-peer1"),
+            format!("-n {n} link set bsn-peer1 up"),
+            format!("-n {n} link set lo up"),
+            format!("-n {n} route add default via 192.168.251.1"),
+        ] {
+            let made = Command::new("ip")
+                .args(args.split(' '))
+                .status()
+                .expect("ip");
+            assert!(made.success(), "making the peer machine: ip {args}");
+        }
+        Self {
+            agent: None,
+            dir: tempfile::tempdir().expect("dir"),
+        }
+    }
+
+    /// Starts `bosun agent` inside the namespace (its network only: it shares this machine's
+    /// mounts and cgroups, as a second agent on one machine would).
+    fn join(&mut self, c: &Cluster, token: &str) {
+        let imported = Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .args(["images", "--data-dir"])
+            .arg(self.dir.path())
+            .arg("import")
+            .arg(busybox_archives(&self.dir.path().join("archives")))
+            .output()
+            .expect("import");
+        assert!(imported.status.success());
+        let port = c.url().rsplit(':').next().expect("port").to_string();
+        let agent = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{PEER_NETNS}"))
+            .arg(env!("CARGO_BIN_EXE_bosun"))
+            .args([
+                "agent",
+                "--server",
+                &format!("https://192.168.251.1:{port}"),
+            ])
+            .args(["--token", token, "--node-name", "peer", "--data-dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bosun agent");
+        self.agent = Some(agent);
+    }
+}
+
+impl Drop for PeerMachine {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+        force_clean_node(self.dir.path());
+        let _ = Command::new("ip")
+            .args(["netns", "del", PEER_NETNS])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "bsn-peer0"])
+            .status();
+    }
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_by_pod_ip_and_through_services() {
+    let c = Cluster::start_node_with(&["--node-ip", "192.168.251.1", "--tls-san", "192.168.251.1"]);
+    let mut peer = PeerMachine::new();
+    peer.join(&c, &create_token(&c, "1h"));
+    assert!(
+        c.wait_for(60, || c
+            .kubectl(&[
+                "get",
+                "node",
+                "peer",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .stdout
+            == b"True"),
+        "the peer node did not become Ready"
+    );
+    assert_eq!(
+        c.jp(
+            "node/peer",
+            "{.status.addresses[?(@.type==\"InternalIP\")].address}"
+        ),
+        "192.168.251.2"
+    );
+    // each web server answers with its node's name, and with the client's address at
+    // /cgi-bin/ip
+    let serve = |name: &str| {
+        format!(
+            "mkdir -p /www/cgi-bin; echo {name} > /www/index.html; \
+             printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip; \
+             chmod +x /www/cgi-bin/ip; exec httpd -f -p 8080 -h /www"
+        )
+    };
+    for (pod, node) in [("web-here", common::NODE), ("web-peer", "peer")] {
+        c.ok(&[
+            "run",
+            pod,
+            "--image=busybox:1.36",
+            "--labels=app=web",
+            &format!("--overrides={{\"spec\":{{\"nodeName\":\"{node}\"}}}}"),
+            "--",
+            "sh",
+            "-c",
+            &serve(node),
+        ]);
+    }
+    c.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/web-here",
+        "pod/web-peer",
+        "--timeout=90s",
+    ]);
+    let here = c.jp("pod/web-here", "{.status.podIP}");
+    let there = c.jp("pod/web-peer", "{.status.podIP}");
+    assert!(there.starts_with("10.42.1."), "{there}");
+    let fetch = |pod: &str, url: &str| c.ok(&["exec", pod, "--", "wget", "-qO-", url]);
+    // by pod IP, both ways, and the server sees the client's own address (no masquerade)
+    assert_eq!(
+        fetch("web-peer", &format!("http://{here}:8080/")).trim(),
+        common::NODE
+    );
+    assert_eq!(
+        fetch("web-here", &format!("http://{there}:8080/")).trim(),
+        "peer"
+    );
+    let seen = fetch("web-here", &format!("http://{there}:8080/cgi-bin/ip"));
+    assert!(
+        seen.contains(&here),
+        "the peer's server saw {seen}, not {here}"
+    );
+
+    // a Service spreads over both nodes, from either node
+    c.ok(&[
+        "expose",
+        "pod",
+        "web-here",
+        "--name=web",
+        "--port=80",
+        "--target-port=8080",
+        "--selector=app=web",
+    ]);
+    assert!(
+        c.wait_for(20, || c
+            .jp("endpoints/web", "{.subsets[0].addresses[*].ip}")
+            .split(' ')
+            .count()
+            == 2),
+        "both pods in the endpoints"
+    );
+    for client in ["web-here", "web-peer"] {
+        let answers = c.ok(&[
+            "exec",
+            client,
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do wget -qO- http://web.default.svc.cluster.local/; done",
+        ]);
+        let nodes: std::collections::BTreeSet<&str> = answers.lines().collect();
+        assert_eq!(
+            nodes.len(),
+            2,
+            "{client} reached both nodes' pods: {answers}"
+        );
+    }
+    // a pod reaches itself through its Service (hairpin)
+    c.ok(&[
+        "expose",
+        "pod",
+        "web-peer",
+        "--name=peer-only",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    assert_eq!(fetch("web-peer", "http://peer-only/").trim(), "peer");
+
+    // the Ingress is served on the peer's address too
+    c.ok(&[
+        "create",
+        "ingress",
+        "web",
+        "--rule=web.example.com/*=web:80",
+    ]);
+    assert!(
+        c.wait_for(30, || {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "--max-time",
+                    "3",
+                    "-H",
+                    "Host: web.example.com",
+                    "http://192.168.251.2/",
+                ])
+                .output()
+                .expect("curl");
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            body == "peer" || body == common::NODE
+        }),
+        "the ingress answers on the peer node's address"
+    );
+
+    c.ok(&[
+        "delete",
+        "pod",
+        "web-peer",
+        "--grace-period=1",
+        "--timeout=30s",
+    ]);
+}

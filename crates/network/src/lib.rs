@@ -9,6 +9,7 @@ pub mod ipam;
 pub mod pod;
 pub mod policy;
 pub mod proxy;
+pub mod routes;
 
 /// Removes the node's Service and NetworkPolicy rules, if there are any: they go with the agent
 /// that programs them (pods and their addresses stay).

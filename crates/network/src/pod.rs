@@ -42,7 +42,7 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Error {
 }
 
 /// Runs `ip -batch -` with `commands`; with `force`, a failing command does not stop the rest.
-fn ip_batch(commands: &str, force: bool) -> Result<()> {
+pub(crate) fn ip_batch(commands: &str, force: bool) -> Result<()> {
     let mut cmd = Command::new("ip");
     if force {
         cmd.arg("-force");
@@ -67,6 +67,18 @@ fn ip_batch(commands: &str, force: bool) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
     }
+}
+
+/// Whether the agent's network namespace has a link named `name`. It is read from the
+/// namespace's own list (`/proc/self/net/dev`), not from /sys, which shows the links of
+/// whichever namespace mounted it: an agent started in another network namespace (as the
+/// tests' second nodes are) sees its own.
+fn link_exists(name: &str) -> bool {
+    std::fs::read_to_string("/proc/self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(link, _)| link.trim() == name)
+    })
 }
 
 /// The host end of a pod's veth pair: `veth` and a short, stable digest of the pod's uid
@@ -98,7 +110,7 @@ impl PodNetwork {
     /// Makes sure the bridge exists with the gateway address and that the node forwards packets.
     pub fn setup_node(&self) -> Result<()> {
         let b = &self.bridge;
-        if !Path::new("/sys/class/net").join(b).exists() {
+        if !link_exists(b) {
             // Two agents racing to create it is fine: the second one's add fails, the rest holds.
             let _ = ip_batch(&format!("link add {b} type bridge\n"), false);
         }
@@ -127,7 +139,7 @@ impl PodNetwork {
             .allocate(pod_uid)
             .map_err(io_err("allocate a pod address"))?;
         let veth = host_veth(pod_uid);
-        if Path::new("/sys/class/net").join(&veth).exists() {
+        if link_exists(&veth) {
             return Ok(ip);
         }
         let inside = format!(
@@ -140,8 +152,13 @@ impl PodNetwork {
             gw = self.cidr.gateway(),
         );
         in_netns(netns, move || ip_batch(&inside, false))?;
+        // hairpin: a pod reaching itself through a Service address is DNATed back to itself,
+        // and bridge netfilter sends that packet out of the port it came in on
         ip_batch(
-            &format!("link set {veth} master {} up\n", self.bridge),
+            &format!(
+                "link set {veth} master {} up\nlink set dev {veth} type bridge_slave hairpin on\n",
+                self.bridge
+            ),
             false,
         )?;
         Ok(ip)
@@ -155,7 +172,7 @@ impl PodNetwork {
     /// Removes the pod's link and gives its address back.
     pub fn detach(&self, pod_uid: &str) -> Result<()> {
         let veth = host_veth(pod_uid);
-        if Path::new("/sys/class/net").join(&veth).exists() {
+        if link_exists(&veth) {
             // The link also goes away by itself with the pod's network namespace, possibly
             // while this runs: a link that is already gone is no error.
             let _ = ip_batch(&format!("link del {veth}\n"), true);

@@ -92,6 +92,8 @@ pub struct ServicePort {
 pub struct Proxy {
     pod_cidr: Cidr,
     bridge: String,
+    /// Every node's pod CIDR: traffic between pods keeps its addresses across nodes.
+    pod_networks: Vec<Cidr>,
     /// The chains (and affinity sets) of the last sync, with their rules.
     chains: BTreeMap<String, String>,
     sets: BTreeSet<String>,
@@ -107,11 +109,18 @@ impl Proxy {
         Self {
             pod_cidr,
             bridge: bridge.to_string(),
+            pod_networks: Vec::new(),
             chains: BTreeMap::new(),
             sets: BTreeSet::new(),
             synced: false,
             udp: BTreeMap::new(),
         }
+    }
+
+    /// Tells the proxy the pod CIDRs of the other nodes, for the next [`Proxy::sync`]: pods'
+    /// traffic to them is routed, not masqueraded.
+    pub fn set_pod_networks(&mut self, others: Vec<Cidr>) {
+        self.pod_networks = others;
     }
 
     /// Sets the kernel switches Service proxying needs: forwarding, bridged traffic through
@@ -372,11 +381,22 @@ impl Proxy {
                 // pods' own traffic leaving the node's pod network is masqueraded too
                 "pod-egress",
                 format!(
-                    "ip saddr {cidr} ip daddr != {cidr} oifname != \"{}\" masquerade",
+                    "ip saddr {cidr} ip daddr != @pod-networks oifname != \"{}\" masquerade",
                     self.bridge
                 ),
             ),
         ];
+        let mut networks: Vec<String> = std::iter::once(&self.pod_cidr)
+            .chain(&self.pod_networks)
+            .map(ToString::to_string)
+            .collect();
+        networks.sort();
+        networks.dedup();
+        let _ = writeln!(
+            s,
+            "add set {table} pod-networks {{ type ipv4_addr; flags interval; auto-merge; }}\nflush set {table} pod-networks\nadd element {table} pod-networks {{ {} }}",
+            networks.join(", ")
+        );
         for (name, _) in &fixed {
             let _ = writeln!(s, "add chain {table} {name}");
         }

@@ -85,6 +85,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// The hard eviction threshold of available memory, in bytes (`--eviction-hard`).
     pub eviction_memory_available: u64,
+    /// The node's address, when not the one of the default route's interface.
+    pub node_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The agent: what every part of it shares.
@@ -128,7 +130,9 @@ impl Agent {
         let events = events::Recorder::new(client.clone(), &config.node_name);
         Ok(Arc::new(Self {
             caches: cache::Caches::default(),
-            host_ip: registration::internal_ip(),
+            host_ip: config
+                .node_ip
+                .map_or_else(registration::internal_ip, |ip| ip.to_string()),
             config,
             client,
             images,

@@ -1,13 +1,16 @@
 //! The node's Service proxy (kube-proxy's job): watches Services and EndpointSlices and, on
 //! every change, turns them into [`network::proxy::ServicePort`]s for the kernel rules. Changes
-//! arriving together are synced together; a failed sync is tried again.
+//! arriving together are synced together; a failed sync is tried again. It also watches the
+//! Nodes and routes each other node's pod CIDR through that node's address
+//! ([`network::routes`], flannel's host-gw), so that pods reach pods on other nodes by their
+//! own addresses.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::{self, Store};
@@ -19,6 +22,10 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// How long changes are gathered before a sync.
 const GATHER: Duration = Duration::from_millis(10);
+
+/// How often the routes to other nodes are made again even without a change, so that one
+/// removed by hand or with its link comes back.
+const ROUTES_AGAIN: Duration = Duration::from_secs(60);
 
 /// The node's cluster DNS: where it listens (the pod network's gateway, port 53), and the
 /// server. Traffic to the `kube-dns` Service goes there, so each node answers its own pods.
@@ -43,11 +50,46 @@ pub async fn run(
     let (services, services_task) = crate::cache::watch(&client, services, changed.clone());
     let (slices, slices_task) =
         crate::cache::watch::<EndpointSlice>(&client, reflector::store(), changed.clone());
+    let nodes_changed = Arc::new(Notify::new());
+    let (nodes, nodes_task) =
+        crate::cache::watch::<Node>(&client, reflector::store(), nodes_changed.clone());
+    let pod_networks = std::sync::Mutex::new(Vec::new());
+    let routes = async {
+        nodes.wait_until_ready().await.ok();
+        // Node status changes often; the routes are made again only when they would differ,
+        // and every ROUTES_AGAIN
+        let mut applied = None;
+        loop {
+            let wanted = peer_routes(&nodes.state(), &node_name);
+            if applied.as_ref() != Some(&wanted) {
+                if let Err(e) = network::routes::sync(&wanted) {
+                    tracing::warn!(error = %e, "routing to other nodes' pods failed for some");
+                }
+                let networks: Vec<_> = wanted.iter().map(|r| r.cidr).collect();
+                let mut known = pod_networks.lock().unwrap_or_else(|e| e.into_inner());
+                if *known != networks {
+                    *known = networks;
+                    changed.notify_one();
+                }
+                applied = Some(wanted);
+            }
+            tokio::select! {
+                () = nodes_changed.notified() => {}
+                () = tokio::time::sleep(ROUTES_AGAIN) => applied = None,
+            }
+        }
+    };
     let sync = async {
         services.wait_until_ready().await.ok();
         slices.wait_until_ready().await.ok();
         loop {
             tokio::time::sleep(GATHER).await;
+            proxy.set_pod_networks(
+                pod_networks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            );
             let (services, slices) = (services.state(), slices.state());
             let slices = by_service(&slices);
             dns.server.set_zone(zone(&services, &slices));
@@ -75,10 +117,37 @@ pub async fn run(
     };
     tokio::select! {
         () = sync => Ok(()),
+        () = routes => Ok(()),
+        () = nodes_task => anyhow::bail!("the node watch ended"),
         r = serve_dns => r.map_err(|e| anyhow::anyhow!("cluster DNS on {}: {e}", dns.addr)),
         () = services_task => anyhow::bail!("the service watch ended"),
         () = slices_task => anyhow::bail!("the endpoint slice watch ended"),
     }
+}
+
+/// The routes to the pods of the nodes other than `own`: each one's pod CIDR through its
+/// InternalIP, sorted.
+pub fn peer_routes(nodes: &[Arc<Node>], own: &str) -> Vec<network::routes::PeerRoute> {
+    let mut out: Vec<network::routes::PeerRoute> = nodes
+        .iter()
+        .filter(|n| n.name_any() != own)
+        .filter_map(|n| {
+            let cidr = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
+            let via = n
+                .status
+                .as_ref()?
+                .addresses
+                .iter()
+                .flatten()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some(network::routes::PeerRoute { cidr, via })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// EndpointSlices grouped by their Service's (namespace, name).

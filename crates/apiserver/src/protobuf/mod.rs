@@ -116,7 +116,9 @@ const KEEP_ZERO: &[&str] = &[
 ];
 
 /// The JSON property names of a schema, looked up case-insensitively by type name.
-fn json_names(type_name: &str) -> Vec<&'static str> {
+/// The OpenAPI definition's name of a protobuf message type (given lowercased), if it has one:
+/// types without one are Go structs embedded in others, their fields inlined in JSON.
+fn definition(type_name: &str) -> Option<&'static str> {
     static INDEX: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     let index = INDEX.get_or_init(|| {
         api::schema::definitions()
@@ -124,11 +126,15 @@ fn json_names(type_name: &str) -> Vec<&'static str> {
             .map(|k| (k.to_ascii_lowercase(), k.as_str()))
             .collect()
     });
-    let Some(real) = index.get(type_name) else {
+    index.get(&type_name.to_ascii_lowercase()).copied()
+}
+
+fn json_names(type_name: &str) -> Vec<&'static str> {
+    let Some(real) = definition(type_name) else {
         return Vec::new();
     };
     api::schema::definitions()
-        .get(*real)
+        .get(real)
         .and_then(|s| s.get("properties"))
         .and_then(Value::as_object)
         .map(|p| p.keys().map(String::as_str).collect())
@@ -339,7 +345,7 @@ fn message(buf: &[u8], type_name: &str) -> Result<Value, String> {
             }
         };
         match key {
-            None if f.kind == Kind::Message && !f.repeated => {
+            None if f.kind == Kind::Message && !f.repeated && definition(&f.target).is_none() => {
                 // an embedded Go struct: its fields are inlined in JSON
                 if let Value::Object(m) = value {
                     out.extend(m);
