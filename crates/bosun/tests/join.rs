@@ -197,12 +197,7 @@ const PEER_NETNS: &str = "bosun-test-peer";
 
 impl PeerMachine {
     fn new() -> Self {
-        let _ = Command::new("ip")
-            .args(["netns", "del", PEER_NETNS])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", "bsn-peer0"])
-            .status();
+        Self::remove_links();
         let n = PEER_NETNS;
         for args in [
             format!("netns add {n}"),
@@ -256,6 +251,20 @@ impl PeerMachine {
     }
 }
 
+impl PeerMachine {
+    /// Removes the namespace and the veth pair (with the routes through it), if there.
+    fn remove_links() {
+        let _ = Command::new("ip")
+            .args(["netns", "del", PEER_NETNS])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "bsn-peer0"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for PeerMachine {
     fn drop(&mut self) {
         if let Some(mut agent) = self.agent.take() {
@@ -263,12 +272,7 @@ impl Drop for PeerMachine {
             let _ = agent.wait();
         }
         force_clean_node(self.dir.path());
-        let _ = Command::new("ip")
-            .args(["netns", "del", PEER_NETNS])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", "bsn-peer0"])
-            .status();
+        Self::remove_links();
     }
 }
 

@@ -20,31 +20,28 @@ use crate::{Context, Result, drive, retry};
 /// Runs the controller.
 pub async fn run(ctx: Arc<Context>) {
     let inf = &ctx.informers;
-    let services = inf.services.store();
+    let (services, again) = (inf.services.store(), inf.services.store());
     let stream = Controller::for_shared_stream(inf.services.subscribe(), inf.services.store())
+        // a node coming or going changes every load balancer's addresses
         .watches_shared_stream(inf.nodes.subscribe(), move |_: Arc<Node>| {
-            // a node coming or going changes every load balancer's addresses
-            services
-                .state()
-                .into_iter()
-                .filter(|s| is_ours(s))
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
+            all_ours(&services)
         })
-        .watches_shared_stream(inf.services.subscribe(), {
-            let services = inf.services.store();
-            // a LoadBalancer going away frees its ports for the pending ones
-            move |_: Arc<Service>| {
-                services
-                    .state()
-                    .into_iter()
-                    .filter(|s| is_ours(s))
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            }
+        // a LoadBalancer going away frees its ports for the pending ones
+        .watches_shared_stream(inf.services.subscribe(), move |_: Arc<Service>| {
+            all_ours(&again)
         })
         .run(reconcile, retry, ctx);
     drive("service-lb", stream).await;
+}
+
+/// Every LoadBalancer this controller serves.
+fn all_ours(services: &kube::runtime::reflector::Store<Service>) -> Vec<ObjectRef<Service>> {
+    services
+        .state()
+        .into_iter()
+        .filter(|s| is_ours(s))
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
 }
 
 /// Whether the Service is a LoadBalancer this controller serves.
