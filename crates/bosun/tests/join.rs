@@ -315,7 +315,7 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_and_through_services() {
             "run",
             pod,
             "--image=busybox:1.36",
-            "--labels=app=web",
+            &format!("--labels=app=web,pod={pod}"),
             &format!("--overrides={{\"spec\":{{\"nodeName\":\"{node}\"}}}}"),
             "--",
             "sh",
@@ -391,6 +391,7 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_and_through_services() {
         "--name=peer-only",
         "--port=80",
         "--target-port=8080",
+        "--selector=pod=web-peer",
     ]);
     assert_eq!(fetch("web-peer", "http://peer-only/").trim(), "peer");
 
