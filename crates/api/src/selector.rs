@@ -220,6 +220,14 @@ impl FieldSelector {
         })
     }
 
+    /// Whether the fields (a lookup from field path to value) satisfy every term. Absent
+    /// fields compare as "".
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0
+            .iter()
+            .all(|t| (get(&t.field).unwrap_or("") == t.value) != t.negated)
+    }
+
     /// The value a term requires for `field` with `=`, if any (used to narrow a list).
     pub fn required(&self, field: &str) -> Option<&str> {
         self.0

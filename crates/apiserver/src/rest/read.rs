@@ -64,17 +64,80 @@ fn parse_continue(token: &str) -> Result<String> {
         .ok_or_else(bad)
 }
 
-/// Only the labels of an object: enough to run a label selector without decoding the rest.
-#[derive(serde::Deserialize)]
-struct LabelsOnly {
-    #[serde(default)]
-    metadata: MetaLabels,
+/// What selectors most often read of an object (its labels, name and namespace, a pod's node
+/// and phase), decoded without the rest of it.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Selectable {
+    metadata: SelectableMeta,
+    spec: SelectableSpec,
+    status: SelectableStatus,
 }
 
 #[derive(serde::Deserialize, Default)]
-struct MetaLabels {
-    #[serde(default)]
+#[serde(default)]
+struct SelectableMeta {
+    name: Option<String>,
+    namespace: Option<String>,
     labels: std::collections::HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SelectableSpec {
+    #[serde(rename = "nodeName")]
+    node_name: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SelectableStatus {
+    phase: Option<String>,
+}
+
+impl Selectable {
+    /// The fields it holds.
+    const FIELDS: [&str; 4] = [
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "status.phase",
+    ];
+
+    fn field(&self, path: &str) -> Option<&str> {
+        match path {
+            "metadata.name" => self.metadata.name.as_deref(),
+            "metadata.namespace" => self.metadata.namespace.as_deref(),
+            "spec.nodeName" => self.spec.node_name.as_deref(),
+            "status.phase" => self.status.phase.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a stored object passes both selectors, decoding only what they read when they read
+/// only what [`Selectable`] holds (lists and watches with selectors are served this way).
+pub fn passes(
+    kv: &store::KeyValue,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Result<bool> {
+    if labels.is_empty() && fields.0.is_empty() {
+        return Ok(true);
+    }
+    if fields
+        .0
+        .iter()
+        .all(|t| Selectable::FIELDS.contains(&t.field.as_str()))
+        // a kind whose spec or status is no object is decoded whole
+        && let Ok(s) = serde_json::from_slice::<Selectable>(&kv.value)
+    {
+        return Ok(
+            labels.matches_with(|k| s.metadata.labels.get(k).map(String::as_str))
+                && fields.matches_with(|f| s.field(f)),
+        );
+    }
+    Ok(selected(&to_object(kv)?, labels, fields))
 }
 
 /// The stored objects under the request's prefix that pass its selectors, at most `limit`
@@ -99,17 +162,7 @@ pub async fn select_raw(
         .await
         .map_err(ApiError::unavailable)?;
     let unfiltered = labels.is_empty() && fields.0.is_empty();
-    let pass = |kv: &store::KeyValue| -> Result<bool> {
-        if unfiltered {
-            return Ok(true);
-        }
-        if fields.0.is_empty() {
-            let l: LabelsOnly = serde_json::from_slice(&kv.value)
-                .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-            return Ok(labels.matches_with(|k| l.metadata.labels.get(k).map(String::as_str)));
-        }
-        Ok(selected(&to_object(kv)?, &labels, &fields))
-    };
+    let pass = |kv: &store::KeyValue| passes(kv, &labels, &fields);
     let mut items = Vec::new();
     let mut last_key = None;
     let mut remaining = 0;

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use api::selector::{FieldSelector, LabelSelector};
 
 use super::Ctx;
-use super::read::{selected, selectors};
+use super::read::{passes, selected, selectors};
 use crate::State;
 use crate::codec;
 use crate::request::flag;
@@ -37,8 +37,8 @@ impl Filter {
         selected(obj, &self.labels, &self.fields)
     }
 
-    fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.fields.0.is_empty()
+    fn passes(&self, kv: &store::KeyValue) -> Result<bool> {
+        passes(kv, &self.labels, &self.fields)
     }
 }
 
@@ -94,6 +94,26 @@ impl Encoder {
     }
 }
 
+/// The type of the watch event for a store change, as seen through the filter (an object that
+/// stops passing is DELETED for the watcher), or `None` when the watcher does not see it.
+fn seen_as(ev: &store::Event, filter: &Filter) -> Result<Option<&'static str>> {
+    // a deletion carries the object's last state
+    let now = filter.passes(&ev.kv)?;
+    if ev.kind == store::EventType::Delete {
+        return Ok(now.then_some("DELETED"));
+    }
+    let before = match &ev.prev {
+        Some(p) => filter.passes(p)?,
+        None => false,
+    };
+    Ok(match (before, now) {
+        (false, true) => Some("ADDED"),
+        (true, true) => Some("MODIFIED"),
+        (true, false) => Some("DELETED"),
+        (false, false) => None,
+    })
+}
+
 /// The watch event for a store change, as seen through the filter.
 fn translate(ev: &store::Event, filter: &Filter) -> Result<Option<(&'static str, Value)>> {
     let obj = to_object(&ev.kv)?;
@@ -130,7 +150,8 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
         table: codec::wants_table(&ctx.headers),
         include: ctx.include_object().to_string(),
     };
-    let raw = filter.is_empty() && !encoder.table && std::ptr::eq(encoder.stored, encoder.rt);
+    // served as stored, without decoding, unless converted to another version or to a table
+    let raw = !encoder.table && std::ptr::eq(encoder.stored, encoder.rt);
     let timeout = ctx
         .query
         .get("timeoutSeconds")
@@ -152,7 +173,9 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
         let mut initial = Vec::new();
         for kv in &lw.kvs {
             if raw && let Some(line) = raw_event("ADDED", kv) {
-                initial.push(line);
+                if filter.passes(kv)? {
+                    initial.push(line);
+                }
                 continue;
             }
             let obj = to_object(kv)?;
@@ -192,18 +215,23 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
                 ev = watch.events.recv() => match ev {
                     Some(ev) => {
                         last_rev = ev.revision();
-                        let kind = match (&ev.kind, ev.prev.is_some()) {
-                            (store::EventType::Delete, _) => "DELETED",
-                            (store::EventType::Put, true) => "MODIFIED",
-                            (store::EventType::Put, false) => "ADDED",
+                        let raw_line = if raw {
+                            match seen_as(&ev, &filter) {
+                                Ok(Some(kind)) => raw_event(kind, &ev.kv),
+                                Ok(None) => continue,
+                                Err(e) => Some(encoder.event("ERROR", &e.status())),
+                            }
+                        } else {
+                            None
                         };
-                        if raw && let Some(line) = raw_event(kind, &ev.kv) {
-                            line
-                        } else { match translate(&ev, &filter) {
-                            Ok(Some((kind, obj))) => encoder.event(kind, &obj),
-                            Ok(None) => continue,
-                            Err(e) => encoder.event("ERROR", &e.status()),
-                        } }
+                        match raw_line {
+                            Some(line) => line,
+                            None => match translate(&ev, &filter) {
+                                Ok(Some((kind, obj))) => encoder.event(kind, &obj),
+                                Ok(None) => continue,
+                                Err(e) => encoder.event("ERROR", &e.status()),
+                            },
+                        }
                     }
                     None => return,
                 },
