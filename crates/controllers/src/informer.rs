@@ -2,10 +2,12 @@
 //! that kind, as client-go's shared informer factory does. Each change (an object added,
 //! modified or deleted, or the whole cache after a relist) is broadcast to the subscribers,
 //! which turn it into reconcile requests; a subscriber that falls behind is handed the whole
-//! cache again instead of the changes it missed. An informer may keep an index (as client-go's
-//! indexers), so that a controller finds, say, its own pods without reading every pod.
+//! cache again instead of the changes it missed. The broadcast names what changed and a
+//! subscriber reads it from the cache, so that the backlog holds no superseded copies of
+//! objects. An informer may keep an index (as client-go's indexers), so that a controller
+//! finds, say, its own pods without reading every pod.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
@@ -23,8 +25,17 @@ const BACKLOG: usize = 16 * 1024;
 /// A watched kind's cache and its change feed.
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    changes: broadcast::Sender<Arc<K>>,
+    changes: broadcast::Sender<Change<K>>,
     index: Option<Index<K>>,
+}
+
+/// A change as the feed carries it.
+#[derive(Clone)]
+enum Change<K: Resource<DynamicType = ()> + 'static> {
+    /// The object was added or modified: its current state is in the cache.
+    Applied(ObjectRef<K>),
+    /// The object is gone; this was its last state.
+    Deleted(Arc<K>),
 }
 
 /// The index keys of an object.
@@ -37,14 +48,14 @@ struct Index<K: Resource<DynamicType = ()> + 'static> {
 }
 
 struct Entries<K: Resource<DynamicType = ()> + 'static> {
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    by_key: HashMap<String, HashMap<ObjectRef<K>, Arc<K>>>,
     keys: HashMap<ObjectRef<K>, Vec<String>>,
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
     /// Files `obj` under its keys, or takes it out of the index when it is gone.
-    fn update(&self, obj: &K, present: bool) {
-        let r = ObjectRef::from_obj(obj);
+    fn update(&self, obj: &Arc<K>, present: bool) {
+        let r = ObjectRef::from_obj(obj.as_ref());
         let mut e = self.entries.write().unwrap_or_else(|p| p.into_inner());
         for key in e.keys.remove(&r).unwrap_or_default() {
             if let Some(refs) = e.by_key.get_mut(&key) {
@@ -57,7 +68,10 @@ impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
         if present {
             let keys = (self.keys_of)(obj);
             for key in &keys {
-                e.by_key.entry(key.clone()).or_default().insert(r.clone());
+                e.by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(r.clone(), obj.clone());
             }
             e.keys.insert(r, keys);
         }
@@ -112,18 +126,20 @@ where
                 .for_each(|event| {
                     match event {
                         Ok(watcher::Event::Apply(obj)) => {
-                            if let Some(index) = &feed.index {
-                                index.update(&obj, true);
+                            let r = ObjectRef::from_obj(&obj);
+                            if let Some(index) = &feed.index
+                                && let Some(cached) = feed.store.get(&r)
+                            {
+                                index.update(&cached, true);
                             }
-                            if let Some(cached) = feed.store.get(&ObjectRef::from_obj(&obj)) {
-                                let _ = feed.changes.send(cached);
-                            }
+                            let _ = feed.changes.send(Change::Applied(r));
                         }
                         Ok(watcher::Event::Delete(obj)) => {
+                            let obj = Arc::new(obj);
                             if let Some(index) = &feed.index {
                                 index.update(&obj, false);
                             }
-                            let _ = feed.changes.send(Arc::new(obj));
+                            let _ = feed.changes.send(Change::Deleted(obj));
                         }
                         Ok(watcher::Event::InitDone) => {
                             if let Some(index) = &feed.index {
@@ -161,14 +177,11 @@ where
         let Some(index) = &self.index else {
             return Vec::new();
         };
-        let refs: Vec<ObjectRef<K>> = {
-            let e = index.entries.read().unwrap_or_else(|p| p.into_inner());
-            e.by_key
-                .get(key)
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default()
-        };
-        refs.iter().filter_map(|r| self.store.get(r)).collect()
+        let e = index.entries.read().unwrap_or_else(|p| p.into_inner());
+        e.by_key
+            .get(key)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The cached object of a name, in a namespace (`None` for cluster-scoped kinds).
@@ -182,7 +195,9 @@ where
 
     fn resync(&self) {
         for obj in self.store.state() {
-            let _ = self.changes.send(obj);
+            let _ = self
+                .changes
+                .send(Change::Applied(ObjectRef::from_obj(obj.as_ref())));
         }
     }
 
@@ -199,7 +214,13 @@ where
                         return Some((obj, (rx, pending)));
                     }
                     match rx.recv().await {
-                        Ok(obj) => return Some((obj, (rx, pending))),
+                        Ok(Change::Applied(r)) => {
+                            // gone meanwhile: its deletion follows
+                            if let Some(obj) = store.get(&r) {
+                                return Some((obj, (rx, pending)));
+                            }
+                        }
+                        Ok(Change::Deleted(obj)) => return Some((obj, (rx, pending))),
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
                             tracing::debug!(missed, "subscriber fell behind; resyncing");
                             pending = store.state();
