@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 
 /// Where a server or agent keeps its state unless `--data-dir` says otherwise.
 const DEFAULT_DATA_DIR: &str = "/var/lib/bosun";
@@ -403,21 +404,33 @@ async fn server(args: ServerArgs) -> Result<()> {
             component_client(&running, MANAGER, &user, &groups),
         );
     }
+    let manager = component_client(&running, MANAGER, "system:kube-controller-manager", &[]);
+    // one watch and one cache per kind for the controllers and the scheduler: pods are the
+    // bulk of a cluster's objects, and a second cache of them would double the server's memory
+    let informers = controllers::Informers::start(&manager);
+    let scheduler = tokio::spawn(scheduler::run(
+        component_client(&running, "kube-scheduler", "system:kube-scheduler", &[]),
+        scheduler::Caches {
+            nodes: informers.nodes.store(),
+            pods: informers.pods.store(),
+            budgets: informers.budgets.store(),
+            changes: futures::stream::select(
+                informers.nodes.subscribe().map(|_| ()),
+                informers.pods.subscribe().map(|_| ()),
+            )
+            .boxed(),
+        },
+    ));
     let ctrl = controllers::start(
         controllers::Credentials {
-            manager: component_client(&running, MANAGER, "system:kube-controller-manager", &[]),
+            manager,
             controllers: accounts,
         },
+        informers,
         running.ca_pem.clone(),
         Some(signer),
         Some(args.cluster_cidr),
     );
-    let scheduler = tokio::spawn(scheduler::run(component_client(
-        &running,
-        "kube-scheduler",
-        "system:kube-scheduler",
-        &[],
-    )));
     let agent = if args.disable_agent {
         None
     } else {

@@ -166,7 +166,9 @@ pub struct Informers {
 }
 
 impl Informers {
-    fn start(client: &kube::Client) -> Self {
+    /// Starts every informer, watching as `client`. In `bosun server` they are started before
+    /// the controllers win the election, for the scheduler reads pods and nodes from them too.
+    pub fn start(client: &kube::Client) -> Self {
         Self {
             pods: Informer::start_indexed(Api::all(client.clone()), Some(pods::index_keys)),
             replicasets: Informer::start(Api::all(client.clone())),
@@ -235,10 +237,11 @@ pub fn retry<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs every controller until one of them stops. Nodes get pod CIDRs from `cluster_cidr`
-/// when given.
+/// Runs every controller, on the shared `informers`, until one of them stops. Nodes get pod
+/// CIDRs from `cluster_cidr` when given.
 pub fn start(
     credentials: Credentials,
+    informers: Informers,
     ca_pem: String,
     sign_csr: Option<Signer>,
     cluster_cidr: Option<ipnet::Ipv4Net>,
@@ -253,7 +256,6 @@ pub fn start(
         let elector = leader::Elector::new(client.clone(), "kube-controller-manager", identity);
         elector.acquire().await;
         create_service_accounts(&client).await?;
-        let informers = Informers::start(&client);
         let ctx = |account: &str| -> anyhow::Result<Arc<Context>> {
             let own = credentials
                 .controllers

@@ -1,4 +1,5 @@
-//! The scheduler (`default-scheduler`): it watches nodes and pods through the API, and puts
+//! The scheduler (`default-scheduler`): it reads nodes and pods from caches that watches of
+//! the API keep ([`Caches`], in `bosun server` the controllers' shared informers), and puts
 //! each pod that has no node (and names this scheduler) on the node that fits it best, by the
 //! filter and score [`plugins`], with the pod's `binding` subresource, recording a `Scheduled`
 //! event. A pod that fits nowhere may make room by evicting pods of lower priority
@@ -50,39 +51,53 @@ fn pending(p: &Pod) -> bool {
         && !terminal
 }
 
+/// What the scheduler reads the cluster through: caches of nodes, pods and disruption budgets,
+/// each kept by a watch (in `bosun server`, the controllers' shared informers), and a stream
+/// that yields whenever a node or a pod changes.
+pub struct Caches {
+    /// Every node.
+    pub nodes: Store<Node>,
+    /// Every pod.
+    pub pods: Store<Pod>,
+    /// Every PodDisruptionBudget.
+    pub budgets: Store<PodDisruptionBudget>,
+    /// One item per change of a node or a pod.
+    pub changes: futures::stream::BoxStream<'static, ()>,
+}
+
 /// Runs the scheduler until its watches end.
-pub async fn run(client: kube::Client) -> anyhow::Result<()> {
+pub async fn run(client: kube::Client, caches: Caches) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
     // Nodes and pods wake the scheduler; namespaces only matter to the namespace selectors of
     // pod affinity terms, and disruption budgets only steer preemption.
-    let (nodes, node_stream) = cache::<Node>(&client, Some(changed.clone()));
-    let (pods, pod_stream) = cache::<Pod>(&client, Some(changed.clone()));
-    let (namespaces, namespace_stream) = cache::<Namespace>(&client, None);
-    let (budgets, budget_stream) = cache::<PodDisruptionBudget>(&client, None);
+    let wake = {
+        let changed = changed.clone();
+        caches.changes.for_each(move |()| {
+            changed.notify_one();
+            futures::future::ready(())
+        })
+    };
+    let (namespaces, namespace_stream) = cache::<Namespace>(&client);
     let scheduler = Scheduler {
+        events: Recorder::new(client.clone()),
         client,
-        nodes,
-        pods,
+        nodes: caches.nodes,
+        pods: caches.pods,
         namespaces,
-        budgets,
+        budgets: caches.budgets,
         reported: HashMap::new(),
         next_start: 0,
+        assumed: HashMap::new(),
     };
     tokio::select! {
-        _ = node_stream => anyhow::bail!("the node watch ended"),
-        _ = pod_stream => anyhow::bail!("the pod watch ended"),
+        _ = wake => anyhow::bail!("the node and pod watches ended"),
         _ = namespace_stream => anyhow::bail!("the namespace watch ended"),
-        _ = budget_stream => anyhow::bail!("the disruption budget watch ended"),
         r = scheduler.run(changed) => r,
     }
 }
 
-/// A cache of every object of a kind, kept by the returned future; each change (an object
-/// applied or deleted) pokes `changed`, when given.
-fn cache<K>(
-    client: &kube::Client,
-    changed: Option<Arc<Notify>>,
-) -> (Store<K>, impl std::future::Future<Output = ()> + use<K>)
+/// A cache of every object of a kind, kept by the returned future.
+fn cache<K>(client: &kube::Client) -> (Store<K>, impl std::future::Future<Output = ()> + use<K>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -98,18 +113,13 @@ where
         // as kube-scheduler's informers, keep no managedFields: the scheduler never reads them
         .modify(|obj| obj.meta_mut().managed_fields = None)
         .reflect(writer)
-        .touched_objects()
-        .for_each(move |_| {
-            if let Some(changed) = &changed {
-                changed.notify_one();
-            }
-            futures::future::ready(())
-        });
+        .for_each(|_| futures::future::ready(()));
     (store, feed)
 }
 
 struct Scheduler {
     client: kube::Client,
+    events: Recorder,
     nodes: Store<Node>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
@@ -118,6 +128,9 @@ struct Scheduler {
     reported: HashMap<String, String>,
     /// Where the next pod's search over the nodes starts.
     next_start: usize,
+    /// The node of each pod bound (or being bound) that the cache does not show bound yet, by
+    /// uid: upstream's assumed pods.
+    assumed: HashMap<String, String>,
 }
 
 /// How many bindings are written at once.
@@ -160,7 +173,23 @@ impl Scheduler {
             .iter()
             .filter_map(|b| plugins::Budget::of(b))
             .collect();
-        let mut queue: Vec<&Arc<Pod>> = pods.iter().filter(|p| pending(p)).collect();
+        // A pod bound by an earlier pass stays assumed on its node until the cache shows it
+        // bound (or gone), so that it is neither placed again nor left out of its node's count.
+        let mut assumed = HashMap::new();
+        let mut queue: Vec<&Arc<Pod>> = Vec::new();
+        for pod in pods.iter().filter(|p| pending(p)) {
+            let uid = pod.metadata.uid.as_deref().unwrap_or("");
+            match self.assumed.remove_entry(uid) {
+                Some((uid, node)) => {
+                    if let Some(i) = snap.index_of(&node) {
+                        snap.assume(pod.clone(), i);
+                    }
+                    assumed.insert(uid, node);
+                }
+                None => queue.push(pod),
+            }
+        }
+        self.assumed = assumed;
         queue.sort_by_key(|p| {
             (
                 std::cmp::Reverse(plugins::priority(p)),
@@ -174,27 +203,43 @@ impl Scheduler {
                 Placement::Node(i) => {
                     let node_name = snap.nodes[i].name().to_string();
                     snap.assume((*pod).clone(), i);
-                    binds.push(bind(self.client.clone(), (*pod).clone(), node_name));
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    self.assumed.insert(uid.clone(), node_name.clone());
+                    let binding = bind(
+                        self.client.clone(),
+                        self.events.clone(),
+                        (*pod).clone(),
+                        node_name,
+                    );
+                    binds.push(async move { (uid, binding.await) });
                 }
                 Placement::Nominated(msg, nomination) => {
                     let node = snap.nodes[nomination.node].name().to_string();
                     self.unschedulable(pod, &msg, Some(&node)).await;
                     for victim in &nomination.victims {
-                        evict(&self.client, victim, pod, &node).await;
+                        evict(&self.client, &self.events, victim, pod, &node).await;
                     }
                 }
                 Placement::Nowhere(msg) => self.unschedulable(pod, &msg, None).await,
             }
         }
-        futures::stream::iter(binds)
+        let failed: Vec<String> = futures::stream::iter(binds)
             .buffer_unordered(BINDS_IN_FLIGHT)
-            .for_each(|r| {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "binding failed");
-                }
-                futures::future::ready(())
+            .filter_map(|(uid, r)| {
+                futures::future::ready(match r {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "binding failed");
+                        Some(uid)
+                    }
+                })
             })
+            .collect()
             .await;
+        // a pod whose binding failed is placed again in the next pass
+        for uid in failed {
+            self.assumed.remove(&uid);
+        }
         let live: std::collections::HashSet<String> =
             pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         self.reported.retain(|uid, _| live.contains(uid));
@@ -278,7 +323,7 @@ impl Scheduler {
         {
             tracing::debug!(error = %e, "reporting an unschedulable pod failed");
         }
-        record(self.client.clone(), pod, "Warning", "FailedScheduling", msg).await;
+        self.events.record(pod, "Warning", "FailedScheduling", msg);
     }
 }
 
@@ -294,7 +339,13 @@ enum Placement {
 
 /// Evicts a pod for a more important one, as upstream: the DisruptionTarget condition says
 /// why, an event names the preemptor, and the pod is deleted with its grace period.
-async fn evict(client: &kube::Client, victim: &Pod, preemptor: &Pod, node: &str) {
+async fn evict(
+    client: &kube::Client,
+    events: &Recorder,
+    victim: &Pod,
+    preemptor: &Pod,
+    node: &str,
+) {
     let ns = victim.metadata.namespace.clone().unwrap_or_default();
     let name = victim.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -315,14 +366,19 @@ async fn evict(client: &kube::Client, victim: &Pod, preemptor: &Pod, node: &str)
         "Preempted by pod {} on node {node}",
         preemptor.metadata.uid.as_deref().unwrap_or("")
     );
-    record(client.clone(), victim, "Normal", "Preempted", &message).await;
+    events.record(victim, "Normal", "Preempted", &message);
     if let Err(e) = api.delete(&name, &Default::default()).await {
         tracing::debug!(error = %e, "deleting a preempted pod failed");
     }
 }
 
 /// Binds a pod to a node and records the Scheduled event.
-async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> anyhow::Result<()> {
+async fn bind(
+    client: kube::Client,
+    events: Recorder,
+    pod: Arc<Pod>,
+    node: String,
+) -> kube::Result<()> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -347,14 +403,12 @@ async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> anyhow::Resu
         &binding,
     )
     .await?;
-    record(
-        client,
+    events.record(
         &pod,
         "Normal",
         "Scheduled",
         &format!("Successfully assigned {ns}/{name} to {node}"),
-    )
-    .await;
+    );
     Ok(())
 }
 
@@ -370,9 +424,39 @@ pub fn feasible_nodes_to_find(nodes: usize) -> usize {
     (nodes * percent / 100).max(MIN)
 }
 
-/// Records an event about a pod.
-async fn record(client: kube::Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
-    {
+/// Writes the scheduler's events, as upstream's event broadcaster does: off the scheduling and
+/// binding path, a few at a time.
+#[derive(Clone)]
+struct Recorder {
+    queue: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+/// How many events are written at once.
+const EVENTS_IN_FLIGHT: usize = 16;
+
+impl Recorder {
+    fn new(client: kube::Client) -> Self {
+        let (queue, mut pending) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        tokio::spawn(
+            futures::stream::poll_fn(move |cx| pending.poll_recv(cx)).for_each_concurrent(
+                EVENTS_IN_FLIGHT,
+                move |event| {
+                    let client = client.clone();
+                    async move {
+                        let ns = event.metadata.namespace.clone().unwrap_or_default();
+                        let api: Api<Event> = Api::namespaced(client, &ns);
+                        if let Err(e) = api.create(&PostParams::default(), &event).await {
+                            tracing::debug!(error = %e, "recording an event failed");
+                        }
+                    }
+                },
+            ),
+        );
+        Self { queue }
+    }
+
+    /// Records an event about a pod.
+    fn record(&self, pod: &Pod, kind: &str, reason: &str, message: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let event = Event {
@@ -388,7 +472,7 @@ async fn record(client: kube::Client, pod: &Pod, kind: &str, reason: &str, messa
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: Some(name),
-                namespace: Some(ns.clone()),
+                namespace: Some(ns),
                 uid: pod.metadata.uid.clone(),
                 resource_version: pod.metadata.resource_version.clone(),
                 ..Default::default()
@@ -406,10 +490,7 @@ async fn record(client: kube::Client, pod: &Pod, kind: &str, reason: &str, messa
             count: Some(1),
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(client, &ns);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::debug!(error = %e, "recording an event failed");
-        }
+        let _ = self.queue.send(event);
     }
 }
 
