@@ -13,8 +13,8 @@ use bench::Server;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
@@ -175,6 +175,13 @@ async fn main() -> Result<()> {
     println!(
         "server RSS with {nodes} nodes and {replicas} pods: {:.1} MiB",
         server.rss_mib()
+    );
+    let events = Api::<Event>::namespaced(client.clone(), "default")
+        .list_metadata(&ListParams::default().limit(1))
+        .await?;
+    println!(
+        "events in the namespace: {}",
+        events.items.len() as i64 + events.metadata.remaining_item_count.unwrap_or(0)
     );
     // what stays once the controllers' and the scheduler's work has drained
     tokio::time::sleep(Duration::from_secs(15)).await;
