@@ -263,7 +263,13 @@ async fn service_account(state: &State, pod: &mut Value) -> Result<()> {
         .unwrap_or_else(|| format!("kube-api-access-{}", crate::rest::write::random_suffix()));
     let mut needed = false;
     for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in spec[list].as_array_mut().into_iter().flatten() {
+        // get_mut: indexing would add the absent lists as nulls
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             let mounts = meta::ensure_object(c)
                 .entry("volumeMounts")
                 .or_insert_with(|| json!([]));

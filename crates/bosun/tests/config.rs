@@ -54,6 +54,10 @@ fn service_accounts_are_checked_and_their_token_volume_added_at_admission() {
         ),
         "3607"
     );
+    // the lists the pod does not have stay absent (not null)
+    let spec = c.ok(&["get", "pod/p", "-o", "json"]);
+    assert!(!spec.contains("\"initContainers\""), "{spec}");
+    assert!(!spec.contains("\"ephemeralContainers\""), "{spec}");
     c.apply(&sleeper(
         "quiet",
         r#""automountServiceAccountToken": false,"#,
