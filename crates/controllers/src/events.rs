@@ -12,8 +12,6 @@
 //! So a ReplicaSet that creates 10,000 pods writes a few dozen SuccessfulCreate events, not
 //! 10,000, as upstream's.
 
-use std::num::NonZeroUsize;
-
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -141,12 +139,20 @@ pub struct Correlator {
 
 impl Default for Correlator {
     fn default() -> Self {
-        let size = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
+        // grown as needed and trimmed to CACHE_ENTRIES (a bounded LruCache allocates its whole
+        // size at once, and every controller has a correlator)
         Self {
-            aggregates: LruCache::new(size),
-            logged: LruCache::new(size),
-            buckets: LruCache::new(size),
+            aggregates: LruCache::unbounded(),
+            logged: LruCache::unbounded(),
+            buckets: LruCache::unbounded(),
         }
+    }
+}
+
+/// Forgets the least recently used entries beyond [`CACHE_ENTRIES`].
+fn trim<V>(cache: &mut LruCache<String, V>) {
+    while cache.len() > CACHE_ENTRIES {
+        cache.pop_lru();
     }
 }
 
@@ -165,17 +171,21 @@ impl Correlator {
         }
         aggregate.messages.insert(event.message.clone());
         aggregate.last = now;
-        let (key, message) = if aggregate.messages.len() < AGGREGATE_MAX_EVENTS {
-            (event.event_key(), event.message.clone())
-        } else {
+        let combine = aggregate.messages.len() >= AGGREGATE_MAX_EVENTS;
+        if combine {
             // as upstream, forget one message so that the set stays at its bound
             if let Some(any) = aggregate.messages.iter().next().cloned() {
                 aggregate.messages.remove(&any);
             }
+        }
+        trim(&mut self.aggregates);
+        let (key, message) = if combine {
             (
                 aggregate_key,
                 format!("(combined from similar events): {}", event.message),
             )
+        } else {
+            (event.event_key(), event.message.clone())
         };
         // the repeat is counted before the spam filter looks, as upstream's logger does
         let repeat = self.logged.get_mut(&key).map(|l| {
@@ -199,6 +209,7 @@ impl Correlator {
     /// Remembers the event written under `key`, so that its repeats are counted on it.
     pub fn written(&mut self, key: String, name: String, count: i32) {
         self.logged.put(key, Logged { name, count });
+        trim(&mut self.logged);
     }
 
     fn take_token(&mut self, object_key: &str, now: Timestamp) -> bool {
@@ -211,12 +222,12 @@ impl Correlator {
         let elapsed = now.duration_since(bucket.at).as_secs_f64().max(0.0);
         bucket.tokens = (bucket.tokens + elapsed / SPAM_REFILL_SECONDS).min(SPAM_BURST);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
+        let allowed = bucket.tokens >= 1.0;
+        if allowed {
             bucket.tokens -= 1.0;
-            true
-        } else {
-            false
         }
+        trim(&mut self.buckets);
+        allowed
     }
 }
 

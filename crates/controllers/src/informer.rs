@@ -19,8 +19,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-/// How many changes a slow subscriber may fall behind before it is resynced.
-const BACKLOG: usize = 16 * 1024;
+/// How many changes a slow subscriber may fall behind before it is resynced (the feed's
+/// buffer is allocated whole, for every kind).
+const BACKLOG: usize = 4096;
 
 /// A watched kind's cache and its change feed.
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
