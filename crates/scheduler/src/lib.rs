@@ -88,6 +88,7 @@ pub async fn run(client: kube::Client, caches: Caches) -> anyhow::Result<()> {
         reported: HashMap::new(),
         next_start: 0,
         assumed: HashMap::new(),
+        footprints: Default::default(),
     };
     tokio::select! {
         _ = wake => anyhow::bail!("the node and pod watches ended"),
@@ -131,6 +132,8 @@ struct Scheduler {
     /// The node of each pod bound (or being bound) that the cache does not show bound yet, by
     /// uid: upstream's assumed pods.
     assumed: HashMap<String, String>,
+    /// What each pod takes of its node, kept from one pass to the next.
+    footprints: plugins::Footprints,
 }
 
 /// How many bindings are written at once.
@@ -166,7 +169,12 @@ impl Scheduler {
                 )
             })
             .collect();
-        let mut snap = plugins::Snapshot::new(&nodes, &pods, namespace_labels);
+        let mut snap = plugins::Snapshot::with_footprints(
+            &nodes,
+            &pods,
+            namespace_labels,
+            &mut self.footprints,
+        );
         snap.budgets = self
             .budgets
             .state()
@@ -240,9 +248,12 @@ impl Scheduler {
         for uid in failed {
             self.assumed.remove(&uid);
         }
-        let live: std::collections::HashSet<String> =
-            pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        self.reported.retain(|uid, _| live.contains(uid));
+        let live: std::collections::HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.reported.retain(|uid, _| live.contains(uid.as_str()));
+        self.footprints.retain(|uid| live.contains(uid));
     }
 
     /// Finds the pod's node: its nominated node if it fits there, or else the best scoring of

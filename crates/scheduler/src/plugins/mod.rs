@@ -61,6 +61,65 @@ fn host_ports(pod: &Pod) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// What a pod takes of its node, worked out once per version of the pod.
+#[derive(Debug)]
+pub struct Footprint {
+    requests: Resources,
+    non_zero: (i64, i64),
+    ports: Vec<(String, i32)>,
+    /// Its controller's uid, unless it is terminating (terminating pods are not spread).
+    controller: Option<String>,
+}
+
+impl Footprint {
+    /// The footprint of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            requests: pod_requests(pod),
+            non_zero: resources::non_zero_requests(pod),
+            ports: host_ports(pod),
+            controller: pod
+                .metadata
+                .deletion_timestamp
+                .is_none()
+                .then(|| controller_uid(pod).map(str::to_string))
+                .flatten(),
+        }
+    }
+}
+
+/// The footprints of pods by uid, with the resourceVersion they were worked out for: kept
+/// from one scheduling pass to the next, so that a snapshot of many pods parses none of their
+/// requests again.
+#[derive(Debug, Default)]
+pub struct Footprints(HashMap<String, (String, Arc<Footprint>)>);
+
+impl Footprints {
+    /// The footprint of the pod as it is now.
+    pub fn of(&mut self, pod: &Pod) -> Arc<Footprint> {
+        let (Some(uid), Some(version)) = (
+            pod.metadata.uid.as_deref(),
+            pod.metadata.resource_version.as_deref(),
+        ) else {
+            return Arc::new(Footprint::of(pod));
+        };
+        if let Some((v, f)) = self.0.get(uid)
+            && v == version
+        {
+            return f.clone();
+        }
+        let f = Arc::new(Footprint::of(pod));
+        self.0
+            .insert(uid.to_string(), (version.to_string(), f.clone()));
+        f
+    }
+
+    /// Forgets the pods that are gone.
+    pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
+        self.0.retain(|uid, _| live(uid));
+    }
+}
+
 /// A node and what it carries: the pods bound to it and their summed requests.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -76,6 +135,8 @@ pub struct NodeInfo {
     pub ports: Vec<(String, i32)>,
     /// The pods (not finished) bound to it.
     pub pods: Vec<Arc<Pod>>,
+    /// Their footprints, in the same order.
+    footprints: Vec<Arc<Footprint>>,
     /// How many of them (not terminating) each controller uid has here.
     pub by_controller: HashMap<String, i64>,
 }
@@ -92,6 +153,7 @@ impl NodeInfo {
             non_zero: (0, 0),
             ports: Vec::new(),
             pods: Vec::new(),
+            footprints: Vec::new(),
             by_controller: HashMap::new(),
         }
     }
@@ -108,8 +170,15 @@ impl NodeInfo {
 
     /// Counts one more pod on the node.
     pub fn add(&mut self, pod: Arc<Pod>) {
-        self.count(&pod, 1);
+        let footprint = Arc::new(Footprint::of(&pod));
+        self.add_with(pod, footprint);
+    }
+
+    /// Counts one more pod on the node, whose footprint is known.
+    fn add_with(&mut self, pod: Arc<Pod>, footprint: Arc<Footprint>) {
+        self.count(&footprint, 1);
         self.pods.push(pod);
+        self.footprints.push(footprint);
     }
 
     /// Takes a pod off the node (by uid), as if it had gone.
@@ -119,31 +188,33 @@ impl NodeInfo {
             .iter()
             .position(|p| p.metadata.uid == pod.metadata.uid)
         {
-            let p = self.pods.swap_remove(i);
-            self.count(&p, -1);
+            self.pods.swap_remove(i);
+            let footprint = self.footprints.swap_remove(i);
+            self.count(&footprint, -1);
         }
     }
 
-    fn count(&mut self, pod: &Pod, sign: i64) {
-        let r = pod_requests(pod);
-        let (cpu, memory) = resources::non_zero_requests(pod);
+    fn count(&mut self, f: &Footprint, sign: i64) {
         if sign > 0 {
-            self.requested.add(&r);
-            self.ports.extend(host_ports(pod));
+            self.requested.add(&f.requests);
+            self.ports.extend(f.ports.iter().cloned());
         } else {
-            self.requested.sub(&r);
-            for p in host_ports(pod) {
-                if let Some(i) = self.ports.iter().position(|q| *q == p) {
+            self.requested.sub(&f.requests);
+            for p in &f.ports {
+                if let Some(i) = self.ports.iter().position(|q| q == p) {
                     self.ports.swap_remove(i);
                 }
             }
         }
-        self.non_zero.0 += sign * cpu;
-        self.non_zero.1 += sign * memory;
-        if pod.metadata.deletion_timestamp.is_none()
-            && let Some(uid) = controller_uid(pod)
-        {
-            *self.by_controller.entry(uid.to_string()).or_default() += sign;
+        self.non_zero.0 += sign * f.non_zero.0;
+        self.non_zero.1 += sign * f.non_zero.1;
+        if let Some(uid) = &f.controller {
+            match self.by_controller.get_mut(uid) {
+                Some(n) => *n += sign,
+                None => {
+                    self.by_controller.insert(uid.clone(), sign);
+                }
+            }
         }
     }
 }
@@ -208,6 +279,16 @@ impl Snapshot {
         pods: &[Arc<Pod>],
         namespace_labels: HashMap<String, BTreeMap<String, String>>,
     ) -> Self {
+        Self::with_footprints(nodes, pods, namespace_labels, &mut Footprints::default())
+    }
+
+    /// [`Snapshot::new`], reading the pods' footprints from (and adding them to) `footprints`.
+    pub fn with_footprints(
+        nodes: &[Arc<Node>],
+        pods: &[Arc<Pod>],
+        namespace_labels: HashMap<String, BTreeMap<String, String>>,
+        footprints: &mut Footprints,
+    ) -> Self {
         let mut snap = Snapshot {
             nodes: nodes.iter().map(|n| NodeInfo::new(n.clone())).collect(),
             namespace_labels,
@@ -230,7 +311,8 @@ impl Snapshot {
                 .and_then(|s| s.node_name.as_deref())
                 .and_then(|n| snap.index.get(n).copied())
             {
-                snap.assume(p.clone(), i);
+                let footprint = footprints.of(p);
+                snap.assume_with(p.clone(), footprint, i);
             }
         }
         snap
@@ -238,10 +320,15 @@ impl Snapshot {
 
     /// Counts a pod on a node (bound, or about to be).
     pub fn assume(&mut self, pod: Arc<Pod>, node: usize) {
+        let footprint = Arc::new(Footprint::of(&pod));
+        self.assume_with(pod, footprint, node);
+    }
+
+    fn assume_with(&mut self, pod: Arc<Pod>, footprint: Arc<Footprint>, node: usize) {
         if let Some(terms) = inter_pod::Terms::of(&pod) {
             self.with_affinity.push((terms, node));
         }
-        self.nodes[node].add(pod);
+        self.nodes[node].add_with(pod, footprint);
     }
 
     /// The nodes that carry a label key (in any value).
@@ -586,6 +673,33 @@ mod tests {
 
     pub(crate) fn snapshot(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Snapshot {
         Snapshot::new(nodes, pods, HashMap::new())
+    }
+
+    #[test]
+    fn footprints_are_reused_until_the_pod_changes_and_count_as_fresh_ones() {
+        let n = node("n1", "a", json!({}));
+        let v1 = wants("web", Some("n1"), json!({"cpu": "250m", "memory": "64Mi"}));
+        let mut memo = Footprints::default();
+        let at = |p: &Arc<Pod>, rv: &str| {
+            let mut p = (**p).clone();
+            p.metadata.resource_version = Some(rv.into());
+            Arc::new(p)
+        };
+        let first = memo.of(&at(&v1, "1"));
+        assert!(Arc::ptr_eq(&first, &memo.of(&at(&v1, "1"))));
+        let v2 = wants("web", Some("n1"), json!({"cpu": "500m"}));
+        let second = memo.of(&at(&v2, "2"));
+        assert!(!Arc::ptr_eq(&first, &second));
+        // a snapshot from the memo counts what a fresh one counts
+        let pods = [at(&v2, "2")];
+        let fresh = snapshot(std::slice::from_ref(&n), &pods);
+        let memoized =
+            Snapshot::with_footprints(std::slice::from_ref(&n), &pods, HashMap::new(), &mut memo);
+        assert_eq!(fresh.nodes[0].requested, memoized.nodes[0].requested);
+        assert_eq!(memoized.nodes[0].requested.milli_cpu, 500);
+        assert_eq!(memoized.nodes[0].non_zero, fresh.nodes[0].non_zero);
+        memo.retain(|_| false);
+        assert!(!Arc::ptr_eq(&second, &memo.of(&at(&v2, "2"))));
     }
 
     /// Filters every node and picks the best scoring, as a pass does; or the message.
