@@ -168,7 +168,12 @@ async fn create_object(
         "creationTimestamp",
         Value::from(meta::now_timestamp()),
     );
+    // The writer owns what it sent: an applier exactly its configuration, an updater also what
+    // defaulting filled in; nobody owns what admission adds (upstream's field manager runs
+    // between defaulting and admission).
+    let applied = (operation == "Apply").then(|| managed_fields::fields_of(&obj, &rt.schema_name));
     defaults::apply(rt, &mut obj);
+    let fields = applied.unwrap_or_else(|| managed_fields::fields_of(&obj, &rt.schema_name));
     // Mutating admission comes before the strategy, as upstream's: what it fills in (a
     // LimitRange's requests and limits) counts for the pod's QoS class.
     let warnings = admission::admit_create(state, rt, &ctx.user, &mut obj).await?;
@@ -180,7 +185,6 @@ async fn create_object(
     if rt.group == "rbac.authorization.k8s.io" {
         crate::authz::check_grant(&state.storage, &ctx.user, rt.kind, &obj).await?;
     }
-    let fields = managed_fields::fields_of(&obj, &rt.schema_name);
     managed_fields::record(
         &mut obj,
         &ctx.field_manager(),
