@@ -2,6 +2,7 @@
 //! come from the `k8s-openapi` type itself; the row adds what the type does not know (short
 //! names, categories, subresources). Adding a resource is adding a row.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
@@ -199,14 +200,15 @@ impl ResourceType {
 pub struct Registry {
     /// The rows, in discovery order.
     pub resources: Vec<ResourceType>,
+    /// The row of each group, version and plural: every request looks its resource up.
+    index: HashMap<(&'static str, &'static str, &'static str), usize>,
 }
 
 impl Registry {
     /// The resource with this group, version and plural.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.resources
-            .iter()
-            .find(|r| r.group == group && r.version == version && r.plural == plural)
+        let i = self.index.get(&(group, version, plural))?;
+        Some(&self.resources[*i])
     }
 
     /// The row that stores a resource: its own, or the version it is stored as.
@@ -316,7 +318,12 @@ fn build() -> Registry {
         ResourceType::create_only::<authorization::SubjectAccessReview>(false),
         ResourceType::create_only::<authorization::LocalSubjectAccessReview>(true),
     ];
-    Registry { resources }
+    let index = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.group, r.version, r.plural), i))
+        .collect();
+    Registry { resources, index }
 }
 
 #[cfg(test)]
