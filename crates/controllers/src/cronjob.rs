@@ -31,7 +31,7 @@ pub async fn run(ctx: Arc<Context>) {
     let cronjobs = ctx.informers.cronjobs.clone();
     let jobs = ctx.informers.jobs.clone();
     let stream = Controller::for_shared_stream(cronjobs.subscribe(), cronjobs.store())
-        .owns_shared_stream(jobs.subscribe())
+        .owns_shared_stream(jobs.subscribe_owned_by::<CronJob>())
         .run(reconcile, retry, ctx);
     drive("cronjob", stream).await;
 }

@@ -31,7 +31,7 @@ pub async fn run(ctx: Arc<Context>) {
     let sets = ctx.informers.daemonsets.clone();
     let store = sets.store();
     let stream = Controller::for_shared_stream(sets.subscribe(), sets.store())
-        .owns_shared_stream(ctx.informers.pods.subscribe())
+        .owns_shared_stream(ctx.informers.pods.subscribe_owned_by::<DaemonSet>())
         .watches_shared_stream(
             // Nodes come, go and change labels and taints: every DaemonSet looks again.
             ctx.informers.nodes.subscribe(),

@@ -58,10 +58,9 @@ pub async fn run(ctx: Arc<Context>) {
     let pod_informer = ctx.informers.pods.clone();
     let deployment_store = deployments.store();
     let set_store = sets.store();
-    let pod_store = pod_informer.store();
     let orphan_sets = sets.subscribe();
     let stream = Controller::for_shared_stream(deployments.subscribe(), deployments.store())
-        .owns_shared_stream(sets.subscribe())
+        .owns_shared_stream(sets.subscribe_owned_by::<Deployment>())
         .watches_shared_stream(orphan_sets, move |rs: Arc<ReplicaSet>| {
             if controller_of(&rs.metadata).is_some() {
                 return Vec::new();
@@ -80,10 +79,7 @@ pub async fn run(ctx: Arc<Context>) {
                 .collect()
         })
         // A Recreate rollout waits for the old pods to be gone.
-        .watches_shared_stream(pod_informer.subscribe(), move |pod: Arc<Pod>| {
-            if pod_store.get(&ObjectRef::from_obj(pod.as_ref())).is_some() {
-                return None;
-            }
+        .watches_shared_stream(pod_informer.deletions(), move |pod: Arc<Pod>| {
             let owner = controller_of(&pod.metadata).filter(|r| r.kind == "ReplicaSet")?;
             let ns = pod.namespace().unwrap_or_default();
             let rs = set_store.get(&ObjectRef::new(&owner.name).within(&ns))?;

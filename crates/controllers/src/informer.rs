@@ -202,6 +202,42 @@ where
         }
     }
 
+    /// As [`Informer::subscribe`], but only the objects that name an owner of kind `O`: what
+    /// `Controller::owns_shared_stream` turns into reconciles of `O`, without waking a
+    /// controller for every other controller's objects.
+    pub fn subscribe_owned_by<O>(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static
+    where
+        O: Resource<DynamicType = ()>,
+    {
+        let (kind, api_version) = (O::kind(&()), O::api_version(&()));
+        self.subscribe().filter(move |obj| {
+            let owned = obj
+                .meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r.kind == kind && r.api_version == api_version);
+            futures::future::ready(owned)
+        })
+    }
+
+    /// Each object as it was when deleted, from now on. A subscriber that falls behind misses
+    /// the deletions it did not read.
+    pub fn deletions(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        futures::stream::unfold(self.changes.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Change::Deleted(obj)) => return Some((obj, rx)),
+                    Ok(Change::Applied(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "deletions subscriber fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
     /// Every cached object, then every change: each object as it is after a change, or as it
     /// was when deleted.
     pub fn subscribe(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static {

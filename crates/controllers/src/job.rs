@@ -39,7 +39,7 @@ pub async fn run(ctx: Arc<Context>) {
     let jobs = ctx.informers.jobs.clone();
     let all_pods = ctx.informers.pods.clone();
     let stream = Controller::for_shared_stream(jobs.subscribe(), jobs.store())
-        .owns_shared_stream(all_pods.subscribe())
+        .owns_shared_stream(all_pods.subscribe_owned_by::<Job>())
         .run(reconcile, retry, ctx);
     drive("job", stream).await;
 }

@@ -95,7 +95,7 @@ pub async fn run<K: Replicated>(ctx: Arc<Context>) {
         .subscribe()
         .filter(|p| futures::future::ready(controller_of(&p.metadata).is_none()));
     let stream = Controller::for_shared_stream(sets.subscribe(), sets.store())
-        .owns_shared_stream(all_pods.subscribe())
+        .owns_shared_stream(all_pods.subscribe_owned_by::<K>())
         .watches_shared_stream(orphans, move |pod: Arc<Pod>| {
             let ns = pod.namespace();
             store

@@ -31,7 +31,7 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub async fn run(ctx: Arc<Context>) {
     let sets = ctx.informers.statefulsets.clone();
     let stream = Controller::for_shared_stream(sets.subscribe(), sets.store())
-        .owns_shared_stream(ctx.informers.pods.subscribe())
+        .owns_shared_stream(ctx.informers.pods.subscribe_owned_by::<StatefulSet>())
         .run(reconcile, retry, ctx);
     drive("statefulset", stream).await;
 }
