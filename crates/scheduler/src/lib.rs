@@ -10,7 +10,7 @@
 pub mod plugins;
 pub mod preemption;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,7 +248,7 @@ impl Scheduler {
         for uid in failed {
             self.assumed.remove(&uid);
         }
-        let live: std::collections::HashSet<&str> = pods
+        let live: HashSet<&str> = pods
             .iter()
             .filter_map(|p| p.metadata.uid.as_deref())
             .collect();

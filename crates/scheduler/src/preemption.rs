@@ -176,8 +176,8 @@ impl Key {
 mod tests {
     use super::*;
     use crate::plugins::Snapshot;
+    use foldhash::{HashMap, HashMapExt};
     use serde_json::json;
-    use std::collections::HashMap;
 
     fn node(name: &str, extra: serde_json::Value) -> Arc<k8s_openapi::api::core::v1::Node> {
         let mut n = json!({

@@ -7,7 +7,9 @@
 //! that matter are counted per topology domain (a key and one of its values), so that each node
 //! is then judged by a few lookups of its labels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 

@@ -22,8 +22,13 @@ mod node_affinity;
 mod resources;
 mod spread;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+// The maps of uids, node names and label values are hashed on every pod of every pass:
+// foldhash, not the standard library's DoS-resistant SipHash (the keys come from the API's
+// own objects).
+use foldhash::{HashMap, HashMapExt};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 

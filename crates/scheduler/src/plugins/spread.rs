@@ -3,7 +3,7 @@
 //! score), or, for a pod without any, by upstream's system defaults: its controller's pods
 //! spread over nodes (maxSkew 3) and zones (maxSkew 5), as a preference.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
