@@ -1,15 +1,15 @@
 //! Shared informers: one watch and one cache per kind, shared by every controller that reads
 //! that kind, as client-go's shared informer factory does. Each change (an object added,
-//! modified or deleted, or the whole cache after a relist) is broadcast to the subscribers,
-//! which turn it into reconcile requests; a subscriber that falls behind is handed the whole
-//! cache again instead of the changes it missed. The broadcast names what changed and a
-//! subscriber reads it from the cache, so that the backlog holds no superseded copies of
+//! modified or deleted, or the whole cache after a relist) is queued for every subscriber,
+//! which turns it into reconcile requests. As client-go's listeners, the queues have no bound:
+//! a slow subscriber delays only itself and misses nothing. A queued change names what changed
+//! and the subscriber reads it from the cache, so that the queues hold no superseded copies of
 //! objects. An informer may keep an index (as client-go's indexers), so that a controller
 //! finds, say, its own pods without reading every pod.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
@@ -17,16 +17,13 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
-
-/// How many changes a slow subscriber may fall behind before it is resynced (the feed's
-/// buffer is allocated whole, for every kind).
-const BACKLOG: usize = 4096;
+use tokio::sync::mpsc;
 
 /// A watched kind's cache and its change feed.
 pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    changes: broadcast::Sender<Change<K>>,
+    /// Each subscriber's queue of changes.
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
     index: Option<Index<K>>,
 }
 
@@ -34,7 +31,7 @@ pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
 #[derive(Clone)]
 enum Change<K: Resource<DynamicType = ()> + 'static> {
     /// The object was added or modified: its current state is in the cache.
-    Applied(ObjectRef<K>),
+    Applied(Arc<ObjectRef<K>>),
     /// The object is gone; this was its last state.
     Deleted(Arc<K>),
 }
@@ -102,7 +99,6 @@ where
     /// [`Informer::start`], also keeping objects indexed by the keys `keys_of` gives them.
     pub fn start_indexed(api: Api<K>, keys_of: Option<IndexKeys<K>>) -> Arc<Self> {
         let (store, writer) = reflector::store();
-        let (changes, _) = broadcast::channel(BACKLOG);
         let index = keys_of.map(|keys_of| Index {
             keys_of,
             entries: RwLock::new(Entries {
@@ -112,7 +108,7 @@ where
         });
         let informer = Arc::new(Self {
             store,
-            changes,
+            subscribers: Mutex::new(Vec::new()),
             index,
         });
         let feed = informer.clone();
@@ -133,14 +129,14 @@ where
                             {
                                 index.update(&cached, true);
                             }
-                            let _ = feed.changes.send(Change::Applied(r));
+                            feed.publish(Change::Applied(Arc::new(r)));
                         }
                         Ok(watcher::Event::Delete(obj)) => {
                             let obj = Arc::new(obj);
                             if let Some(index) = &feed.index {
                                 index.update(&obj, false);
                             }
-                            let _ = feed.changes.send(Change::Deleted(obj));
+                            feed.publish(Change::Deleted(obj));
                         }
                         Ok(watcher::Event::InitDone) => {
                             if let Some(index) = &feed.index {
@@ -196,10 +192,26 @@ where
 
     fn resync(&self) {
         for obj in self.store.state() {
-            let _ = self
-                .changes
-                .send(Change::Applied(ObjectRef::from_obj(obj.as_ref())));
+            self.publish(Change::Applied(Arc::new(ObjectRef::from_obj(obj.as_ref()))));
         }
+    }
+
+    /// Queues a change for every subscriber, forgetting those that are gone.
+    fn publish(&self, change: Change<K>) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|queue| queue.send(change.clone()).is_ok());
+    }
+
+    /// A new subscriber's queue.
+    fn queue(&self) -> mpsc::UnboundedReceiver<Change<K>> {
+        let (queue, changes) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(queue);
+        changes
     }
 
     /// As [`Informer::subscribe`], but only the objects that name an owner of kind `O`: what
@@ -221,18 +233,13 @@ where
         })
     }
 
-    /// Each object as it was when deleted, from now on. A subscriber that falls behind misses
-    /// the deletions it did not read.
+    /// Each object as it was when deleted, from now on.
     pub fn deletions(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        futures::stream::unfold(self.changes.subscribe(), |mut rx| async move {
+        futures::stream::unfold(self.queue(), |mut changes| async move {
             loop {
-                match rx.recv().await {
-                    Ok(Change::Deleted(obj)) => return Some((obj, rx)),
-                    Ok(Change::Applied(_)) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "deletions subscriber fell behind");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                match changes.recv().await? {
+                    Change::Deleted(obj) => return Some((obj, changes)),
+                    Change::Applied(_) => {}
                 }
             }
         })
@@ -241,28 +248,25 @@ where
     /// Every cached object, then every change: each object as it is after a change, or as it
     /// was when deleted.
     pub fn subscribe(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        let rx = self.changes.subscribe();
+        // queued before the cache is read, so that nothing falls between the two
+        let changes = self.queue();
         let store = self.store.clone();
-        futures::stream::unfold((rx, self.store.state()), move |(mut rx, mut pending)| {
+        let cached = self.store.state();
+        futures::stream::unfold((changes, cached), move |(mut changes, mut cached)| {
             let store = store.clone();
             async move {
+                if let Some(obj) = cached.pop() {
+                    return Some((obj, (changes, cached)));
+                }
                 loop {
-                    if let Some(obj) = pending.pop() {
-                        return Some((obj, (rx, pending)));
-                    }
-                    match rx.recv().await {
-                        Ok(Change::Applied(r)) => {
+                    match changes.recv().await? {
+                        Change::Applied(r) => {
                             // gone meanwhile: its deletion follows
                             if let Some(obj) = store.get(&r) {
-                                return Some((obj, (rx, pending)));
+                                return Some((obj, (changes, cached)));
                             }
                         }
-                        Ok(Change::Deleted(obj)) => return Some((obj, (rx, pending))),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::debug!(missed, "subscriber fell behind; resyncing");
-                            pending = store.state();
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
+                        Change::Deleted(obj) => return Some((obj, (changes, cached))),
                     }
                 }
             }
