@@ -39,6 +39,10 @@ enum Change<K: Resource<DynamicType = ()> + 'static> {
 /// The index keys of an object.
 pub type IndexKeys<K> = fn(&K) -> Vec<String>;
 
+/// What an informer drops from each object before caching it (besides managedFields, which
+/// every informer drops).
+pub type Trim<K> = fn(&mut K);
+
 /// Objects by index key, kept up to date with the cache.
 struct Index<K: Resource<DynamicType = ()> + 'static> {
     keys_of: IndexKeys<K>,
@@ -93,11 +97,16 @@ where
 {
     /// Starts watching every object of the kind the API serves; runs until the runtime stops.
     pub fn start(api: Api<K>) -> Arc<Self> {
-        Self::start_indexed(api, None)
+        Self::start_with(api, None, None)
     }
 
-    /// [`Informer::start`], also keeping objects indexed by the keys `keys_of` gives them.
-    pub fn start_indexed(api: Api<K>, keys_of: Option<IndexKeys<K>>) -> Arc<Self> {
+    /// [`Informer::start`], also keeping objects indexed by the keys `keys_of` gives them, and
+    /// trimming each object with `trim`.
+    pub fn start_with(
+        api: Api<K>,
+        keys_of: Option<IndexKeys<K>>,
+        trim: Option<Trim<K>>,
+    ) -> Arc<Self> {
         let (store, writer) = reflector::store();
         let index = keys_of.map(|keys_of| Index {
             keys_of,
@@ -118,7 +127,12 @@ where
                 // as kube-controller-manager's informers, keep no managedFields: no controller
                 // reads them, and they are often the largest part of an object (an update
                 // without them keeps the stored ones)
-                .modify(|obj| obj.meta_mut().managed_fields = None)
+                .modify(move |obj| {
+                    obj.meta_mut().managed_fields = None;
+                    if let Some(trim) = trim {
+                        trim(obj);
+                    }
+                })
                 .reflect(writer)
                 .for_each(|event| {
                     match event {

@@ -170,7 +170,11 @@ impl Informers {
     /// the controllers win the election, for the scheduler reads pods and nodes from them too.
     pub fn start(client: &kube::Client) -> Self {
         Self {
-            pods: Informer::start_indexed(Api::all(client.clone()), Some(pods::index_keys)),
+            pods: Informer::start_with(
+                Api::all(client.clone()),
+                Some(pods::index_keys),
+                Some(pods::trim),
+            ),
             replicasets: Informer::start(Api::all(client.clone())),
             replicationcontrollers: Informer::start(Api::all(client.clone())),
             deployments: Informer::start(Api::all(client.clone())),

@@ -96,6 +96,20 @@ pub fn index_keys(pod: &Pod) -> Vec<String> {
     }]
 }
 
+/// What the pod informer drops: the volumes that name no claim. No controller and no
+/// scheduler plugin reads another kind of volume (claims are what storage controllers and
+/// volume scheduling read), and volumes are most of a cached pod: k8s-openapi's `Volume` has
+/// room for every volume type, 3 KB, and every pod has its service account's token volume.
+pub fn trim(pod: &mut Pod) {
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+        volumes.shrink_to_fit();
+    }
+}
+
 /// A `metav1.LabelSelector` as a matcher; an absent or invalid selector matches nothing.
 pub fn selector(sel: &LabelSelector) -> Option<api::selector::LabelSelector> {
     let json = serde_json::to_value(sel).ok()?;
@@ -235,6 +249,33 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn the_informer_keeps_only_volumes_that_name_a_claim() {
+        use k8s_openapi::api::core::v1::{
+            PersistentVolumeClaimVolumeSource, ProjectedVolumeSource, Volume,
+        };
+        let mut p = pod("p", true, "Running", None);
+        p.spec.as_mut().expect("spec").volumes = Some(vec![
+            Volume {
+                name: "kube-api-access".into(),
+                projected: Some(ProjectedVolumeSource::default()),
+                ..Default::default()
+            },
+            Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: "data".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]);
+        trim(&mut p);
+        let kept: Vec<_> = p.spec.expect("spec").volumes.expect("volumes");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name, "data");
+    }
 
     fn pod(name: &str, node: bool, phase: &str, ready_at: Option<i64>) -> Pod {
         Pod {
