@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use api::selector::{FieldSelector, LabelSelector};
 
 use super::Ctx;
-use super::read::{passes, selected, selectors};
+use super::read::{passes, selectors};
 use crate::State;
 use crate::codec;
 use crate::request::flag;
@@ -33,10 +33,6 @@ struct Filter {
 }
 
 impl Filter {
-    fn pass(&self, obj: &Value) -> bool {
-        selected(obj, &self.labels, &self.fields)
-    }
-
     fn passes(&self, kv: &store::KeyValue) -> Result<bool> {
         passes(kv, &self.labels, &self.fields)
     }
@@ -114,23 +110,12 @@ fn seen_as(ev: &store::Event, filter: &Filter) -> Result<Option<&'static str>> {
     })
 }
 
-/// The watch event for a store change, as seen through the filter.
+/// The watch event for a store change, as seen through the filter, with the object decoded.
 fn translate(ev: &store::Event, filter: &Filter) -> Result<Option<(&'static str, Value)>> {
-    let obj = to_object(&ev.kv)?;
-    let now = filter.pass(&obj);
-    let before = match &ev.prev {
-        Some(p) => filter.pass(&to_object(p)?),
-        None => false,
+    let Some(kind) = seen_as(ev, filter)? else {
+        return Ok(None);
     };
-    Ok(match ev.kind {
-        store::EventType::Delete => before.then_some(("DELETED", obj)),
-        store::EventType::Put => match (ev.prev.is_some() && before, now) {
-            (false, true) => Some(("ADDED", obj)),
-            (true, true) => Some(("MODIFIED", obj)),
-            (true, false) => Some(("DELETED", obj)),
-            (false, false) => None,
-        },
-    })
+    Ok(Some((kind, to_object(&ev.kv)?)))
 }
 
 pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
@@ -172,15 +157,12 @@ pub async fn watch(state: &Arc<State>, ctx: &Ctx) -> Result<Response> {
             .map_err(ApiError::unavailable)?;
         let mut initial = Vec::new();
         for kv in &lw.kvs {
-            if raw && let Some(line) = raw_event("ADDED", kv) {
-                if filter.passes(kv)? {
-                    initial.push(line);
-                }
+            if !filter.passes(kv)? {
                 continue;
             }
-            let obj = to_object(kv)?;
-            if filter.pass(&obj) {
-                initial.push(encoder.event("ADDED", &obj));
+            match raw.then(|| raw_event("ADDED", kv)).flatten() {
+                Some(line) => initial.push(line),
+                None => initial.push(encoder.event("ADDED", &to_object(kv)?)),
             }
         }
         (initial, lw.watch, lw.revision)
@@ -254,4 +236,53 @@ fn stream_response(body: Body) -> Response {
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(labels: &str, rev: u64) -> store::KeyValue {
+        let obj = json!({"metadata": {"name": "p", "labels": {"app": labels}},
+                         "spec": {"nodeName": "n1"}});
+        store::KeyValue {
+            key: "/registry/core/pods/default/p".into(),
+            value: serde_json::to_vec(&obj).expect("json").into(),
+            create_revision: 1,
+            mod_revision: rev,
+        }
+    }
+
+    fn event(kind: store::EventType, now: &str, before: Option<&str>) -> store::Event {
+        store::Event {
+            kind,
+            kv: kv(now, 3),
+            prev: before.map(|b| kv(b, 2)),
+        }
+    }
+
+    #[test]
+    fn a_watcher_sees_objects_enter_and_leave_its_selector() {
+        let filter = Filter {
+            labels: LabelSelector::parse("app=web").expect("labels"),
+            fields: FieldSelector::parse("spec.nodeName=n1").expect("fields"),
+        };
+        let put = store::EventType::Put;
+        let seen = |ev: store::Event| seen_as(&ev, &filter).expect("decodes");
+        assert_eq!(seen(event(put, "web", None)), Some("ADDED"));
+        assert_eq!(seen(event(put, "web", Some("db"))), Some("ADDED"));
+        assert_eq!(seen(event(put, "web", Some("web"))), Some("MODIFIED"));
+        assert_eq!(seen(event(put, "db", Some("web"))), Some("DELETED"));
+        assert_eq!(seen(event(put, "db", Some("db"))), None);
+        let delete = store::EventType::Delete;
+        assert_eq!(seen(event(delete, "web", Some("web"))), Some("DELETED"));
+        assert_eq!(seen(event(delete, "db", Some("db"))), None);
+        let (kind, obj) = translate(&event(put, "web", Some("web")), &filter)
+            .expect("decodes")
+            .expect("seen");
+        assert_eq!(
+            (kind, obj["metadata"]["labels"]["app"].as_str()),
+            ("MODIFIED", Some("web"))
+        );
+    }
 }
