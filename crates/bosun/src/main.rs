@@ -414,11 +414,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             nodes: informers.nodes.store(),
             pods: informers.pods.store(),
             budgets: informers.budgets.store(),
-            changes: futures::stream::select(
-                informers.nodes.subscribe().map(|_| ()),
-                informers.pods.subscribe().map(|_| ()),
-            )
-            .boxed(),
+            changes: futures::stream::select(informers.nodes.changed(), informers.pods.changed())
+                .boxed(),
         },
     ));
     let ctrl = controllers::start(

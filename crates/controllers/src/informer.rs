@@ -247,6 +247,15 @@ where
         })
     }
 
+    /// One item per change from now on, without reading the cache: for a subscriber that only
+    /// needs to know that something changed.
+    pub fn changed(self: &Arc<Self>) -> impl Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.queue(), |mut changes| async move {
+            changes.recv().await?;
+            Some(((), changes))
+        })
+    }
+
     /// Each object as it was when deleted, from now on.
     pub fn deletions(self: &Arc<Self>) -> impl Stream<Item = Arc<K>> + Send + 'static {
         futures::stream::unfold(self.queue(), |mut changes| async move {
